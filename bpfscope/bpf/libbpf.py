@@ -1,0 +1,196 @@
+"""Raw ctypes bindings to the system libbpf.so.1: declarations only, no policy.
+
+Pointers to libbpf objects are opaque c_void_p. Functions that return pointers return
+NULL and set errno on failure (libbpf >= 1.0 semantics); int functions return -errno.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+from collections import deque
+
+from ..errors import BpfscopeError
+
+_log = logging.getLogger("bpfscope.libbpf")
+
+c_void_p = ctypes.c_void_p
+c_char_p = ctypes.c_char_p
+c_int = ctypes.c_int
+c_uint = ctypes.c_uint32
+c_size_t = ctypes.c_size_t
+c_bool = ctypes.c_bool
+c_u64 = ctypes.c_uint64
+
+
+def _load() -> ctypes.CDLL:
+    for name in ("libbpf.so.1", ctypes.util.find_library("bpf")):
+        if not name:
+            continue
+        try:
+            return ctypes.CDLL(name, use_errno=True)
+        except OSError:
+            continue
+    raise BpfscopeError("libbpf.so.1 not found: install libbpf1 (apt-get install libbpf1)")
+
+
+lib = _load()
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+class BpfUprobeOpts(ctypes.Structure):
+    _fields_ = [
+        ("sz", c_size_t),
+        ("ref_ctr_offset", c_size_t),
+        ("bpf_cookie", c_u64),
+        ("retprobe", c_bool),
+        ("func_name", c_char_p),
+    ]
+
+
+class BpfKprobeOpts(ctypes.Structure):
+    _fields_ = [
+        ("sz", c_size_t),
+        ("bpf_cookie", c_u64),
+        ("offset", c_size_t),
+        ("retprobe", c_bool),
+    ]
+
+
+class BpfMapBatchOpts(ctypes.Structure):
+    _fields_ = [("sz", c_size_t), ("elem_flags", c_u64), ("flags", c_u64)]
+
+
+RingBufferSampleFn = ctypes.CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)
+PrintFn = ctypes.CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
+
+_SIGNATURES: dict[str, tuple[object, list[object]]] = {
+    # objects
+    "bpf_object__open_file": (c_void_p, [c_char_p, c_void_p]),
+    "bpf_object__load": (c_int, [c_void_p]),
+    "bpf_object__close": (None, [c_void_p]),
+    "bpf_object__name": (c_char_p, [c_void_p]),
+    "bpf_object__btf": (c_void_p, [c_void_p]),
+    "bpf_object__next_program": (c_void_p, [c_void_p, c_void_p]),
+    "bpf_object__next_map": (c_void_p, [c_void_p, c_void_p]),
+    "bpf_object__find_program_by_name": (c_void_p, [c_void_p, c_char_p]),
+    "bpf_object__find_map_by_name": (c_void_p, [c_void_p, c_char_p]),
+    # programs
+    "bpf_program__name": (c_char_p, [c_void_p]),
+    "bpf_program__section_name": (c_char_p, [c_void_p]),
+    "bpf_program__fd": (c_int, [c_void_p]),
+    "bpf_program__set_autoload": (c_int, [c_void_p, c_bool]),
+    "bpf_program__autoload": (c_bool, [c_void_p]),
+    "bpf_program__set_attach_target": (c_int, [c_void_p, c_int, c_char_p]),
+    "bpf_program__attach": (c_void_p, [c_void_p]),
+    "bpf_program__attach_tracepoint": (c_void_p, [c_void_p, c_char_p, c_char_p]),
+    "bpf_program__attach_raw_tracepoint": (c_void_p, [c_void_p, c_char_p]),
+    "bpf_program__attach_trace": (c_void_p, [c_void_p]),
+    "bpf_program__attach_kprobe_opts": (c_void_p, [c_void_p, c_char_p, c_void_p]),
+    "bpf_program__attach_uprobe_opts": (c_void_p, [c_void_p, c_int, c_char_p, c_size_t, c_void_p]),
+    "bpf_program__attach_perf_event": (c_void_p, [c_void_p, c_int]),
+    "bpf_program__attach_cgroup": (c_void_p, [c_void_p, c_int]),
+    "bpf_link__destroy": (c_int, [c_void_p]),
+    "bpf_link__fd": (c_int, [c_void_p]),
+    # maps
+    "bpf_map__name": (c_char_p, [c_void_p]),
+    "bpf_map__fd": (c_int, [c_void_p]),
+    "bpf_map__type": (c_int, [c_void_p]),
+    "bpf_map__key_size": (c_uint, [c_void_p]),
+    "bpf_map__value_size": (c_uint, [c_void_p]),
+    "bpf_map__max_entries": (c_uint, [c_void_p]),
+    "bpf_map__set_max_entries": (c_int, [c_void_p, c_uint]),
+    "bpf_map__initial_value": (c_void_p, [c_void_p, ctypes.POINTER(c_size_t)]),
+    "bpf_map__btf_key_type_id": (c_uint, [c_void_p]),
+    "bpf_map__btf_value_type_id": (c_uint, [c_void_p]),
+    "bpf_map_lookup_elem": (c_int, [c_int, c_void_p, c_void_p]),
+    "bpf_map_update_elem": (c_int, [c_int, c_void_p, c_void_p, c_u64]),
+    "bpf_map_delete_elem": (c_int, [c_int, c_void_p]),
+    "bpf_map_get_next_key": (c_int, [c_int, c_void_p, c_void_p]),
+    "bpf_map_lookup_batch": (
+        c_int,
+        [c_int, c_void_p, c_void_p, c_void_p, c_void_p, ctypes.POINTER(c_uint), c_void_p],
+    ),
+    "bpf_map_delete_batch": (c_int, [c_int, c_void_p, ctypes.POINTER(c_uint), c_void_p]),
+    "bpf_prog_get_next_id": (c_int, [c_uint, ctypes.POINTER(c_uint)]),
+    "bpf_prog_get_fd_by_id": (c_int, [c_uint]),
+    "bpf_obj_get_info_by_fd": (c_int, [c_int, c_void_p, ctypes.POINTER(c_uint)]),
+    "bpf_enable_stats": (c_int, [c_int]),
+    # btf
+    "btf__find_by_name_kind": (c_int, [c_void_p, c_char_p, c_uint]),
+    "btf__type_by_id": (c_void_p, [c_void_p, c_uint]),
+    "btf__name_by_offset": (c_char_p, [c_void_p, c_uint]),
+    "btf__resolve_size": (ctypes.c_int64, [c_void_p, c_uint]),
+    "btf__load_vmlinux_btf": (c_void_p, []),
+    "btf__free": (None, [c_void_p]),
+    # ring buffer
+    "ring_buffer__new": (c_void_p, [c_int, RingBufferSampleFn, c_void_p, c_void_p]),
+    "ring_buffer__poll": (c_int, [c_void_p, c_int]),
+    "ring_buffer__consume": (c_int, [c_void_p]),
+    "ring_buffer__free": (None, [c_void_p]),
+    # probes and misc
+    "libbpf_probe_bpf_prog_type": (c_int, [c_int, c_void_p]),
+    "libbpf_probe_bpf_map_type": (c_int, [c_int, c_void_p]),
+    "libbpf_num_possible_cpus": (c_int, []),
+    "libbpf_set_print": (c_void_p, [PrintFn]),
+}
+
+for _name, (_res, _args) in _SIGNATURES.items():
+    _fn = getattr(lib, _name)
+    _fn.restype = _res
+    _fn.argtypes = _args
+
+libc.vsnprintf.restype = c_int
+libc.vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
+
+
+def errno() -> int:
+    return ctypes.get_errno()
+
+
+def check_ptr(ptr: int | None, what: str) -> int:
+    """Raise BpfError with errno when libbpf returned NULL."""
+    if not ptr:
+        err = ctypes.get_errno()
+        raise BpfError(f"{what}: {os.strerror(err) if err else 'failed'}", err)
+    return ptr
+
+
+def check_int(ret: int, what: str) -> int:
+    if ret < 0:
+        err = -ret
+        raise BpfError(f"{what}: {os.strerror(err)}", err)
+    return ret
+
+
+class BpfError(BpfscopeError):
+    """A libbpf call failed; errno kept so callers can tell EPERM from ENOENT."""
+
+    def __init__(self, message: str, errno_: int = 0, log_tail: str = ""):
+        super().__init__(message + (f"\n{log_tail}" if log_tail else ""))
+        self.errno = errno_
+        self.log_tail = log_tail
+
+
+# ----------------------------------------------------------------- libbpf logging
+LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
+recent_log: deque[str] = deque(maxlen=400)  # last libbpf lines: verifier logs come through here
+_LEVELS = {LIBBPF_WARN: logging.WARNING, LIBBPF_INFO: logging.INFO, LIBBPF_DEBUG: logging.DEBUG}
+
+
+@PrintFn
+def _print_cb(level: int, fmt: bytes, va_list: int) -> int:
+    buf = ctypes.create_string_buffer(4096)
+    n = libc.vsnprintf(buf, len(buf), fmt, va_list)
+    text = buf.value.decode("utf-8", "replace")
+    for line in text.rstrip("\n").split("\n"):
+        recent_log.append(line)
+        # libbpf warns about things we handle ourselves (a probe that fails is information):
+        # keep its voice at DEBUG unless the user asked for -v.
+        _log.log(_LEVELS.get(level, logging.DEBUG) if _log.isEnabledFor(logging.DEBUG) else logging.DEBUG, "%s", line)
+    return max(n, 0)
+
+
+lib.libbpf_set_print(_print_cb)

@@ -1,0 +1,78 @@
+"""Run bpfscope as a user would (a subprocess) and wait until its probes are attached."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ToolProcess:
+    """`bpfscope ARGS` in the background; ready() waits for 'probes attached'."""
+
+    def __init__(self, *args: str, env: dict | None = None):
+        fd, self.ready_file = tempfile.mkstemp(prefix="bpfscope-ready-")
+        os.close(fd)
+        os.unlink(self.ready_file)
+        e = dict(os.environ, BPFSCOPE_READY_FILE=self.ready_file, PYTHONUNBUFFERED="1", **(env or {}))
+        self.args = args
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bpfscope", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e, cwd=ROOT,
+        )
+        self.stdout = ""
+        self.stderr = ""
+
+    def ready(self, timeout: float = 15.0) -> ToolProcess:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if os.path.exists(self.ready_file):
+                return self
+            if self.proc.poll() is not None:
+                out, err = self.proc.communicate()
+                raise AssertionError(f"bpfscope {' '.join(self.args)} exited {self.proc.returncode}: {err.decode()}")
+            time.sleep(0.01)
+        self.proc.kill()
+        raise AssertionError(f"bpfscope {' '.join(self.args)} not ready after {timeout}s")
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> float:
+        """Send sig, wait for exit, return seconds it took."""
+        t0 = time.monotonic()
+        self.proc.send_signal(sig)
+        out, err = self.proc.communicate(timeout=timeout)
+        took = time.monotonic() - t0
+        self.stdout, self.stderr = out.decode(), err.decode()
+        if os.path.exists(self.ready_file):
+            os.unlink(self.ready_file)
+        return took
+
+    def wait(self, timeout: float = 60.0) -> int:
+        out, err = self.proc.communicate(timeout=timeout)
+        self.stdout, self.stderr = out.decode(), err.decode()
+        if os.path.exists(self.ready_file):
+            os.unlink(self.ready_file)
+        return self.proc.returncode
+
+    def json_lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+
+def run_cli(*args: str, timeout: float = 60.0, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bpfscope", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kw
+    )
+
+
+def build_c(src: str, out: Path, *flags: str) -> Path:
+    """Compile a small C test program with gcc (frame pointers kept for stack tests)."""
+    c = out.with_suffix(".c")
+    c.write_text(src)
+    subprocess.run(["gcc", "-O1", "-g", "-fno-omit-frame-pointer", "-o", str(out), str(c), *flags], check=True)
+    return out
