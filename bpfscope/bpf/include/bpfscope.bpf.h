@@ -50,4 +50,18 @@ static __always_inline __u32 current_tid(void)
 	return (__u32)bpf_get_current_pid_tgid();
 }
 
-#endif
+/* A log2 histogram value: one atomic add per event into slots[log2_slot(v)].
+ * Python reads it with bpfscope.histograms (struct hist from the object's BTF). */
+struct hist {
+	__u64 slots[MAX_SLOTS];
+	__u64 sum;
+};
+
+static __always_inline void hist_add(struct hist *h, __u64 value)
+{
+	__u32 slot = log2_slot(value);
+	__sync_fetch_and_add(&h->slots[slot & (MAX_SLOTS - 1)], 1);
+	__sync_fetch_and_add(&h->sum, value);
+}
+
+#endif /* __BPFSCOPE_BPF_H */
