@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any, TextIO
 
-from .render.jsonl import JsonRenderer
-from .render.text import TextRenderer
 from .results import Notice, StackCounts
 
 
@@ -79,8 +77,12 @@ class _Closing:
 def make_renderer(cls: Any, ns: argparse.Namespace, out: TextIO, err: TextIO) -> Any:
     timestamp = bool(getattr(ns, "timestamp", False))
     if getattr(ns, "json", False):
+        from .render.jsonl import JsonRenderer  # json is imported only when asked for
+
         inner: Any = JsonRenderer(out, err)
     else:
+        from .render.text import TextRenderer
+
         inner = TextRenderer(out, err, columns=_columns(cls, ns), timestamp=timestamp)
     if cls.output == "stacks":
         return StackOutput(ns, out, err, inner)

@@ -35,4 +35,4 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/pip install -q --upgrade pip >/dev/null
-.venv/bin/pip install -q -e '.[agent,dev]'
+.venv/bin/pip install -q -e '.[agent,dev]' --config-settings editable_mode=compat
