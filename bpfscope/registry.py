@@ -172,13 +172,57 @@ def get(name: str) -> type[Tool]:
         for ep in _plugin_entry_points():
             if ep.name == name:
                 ep.load()
+        if name not in _TOOLS:
+            _load_tool_path()
     if name not in _TOOLS:
         raise UsageError(f"unknown tool {name!r}; `bpfscope --help` lists the tools")
     return _TOOLS[name]
 
 
+def load_tool_file(path: str | os.PathLike[str]) -> list[type[Tool]]:
+    """Import a user's tool file; return the tools it registered."""
+    import importlib.util
+    import sys
+
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise UsageError(f"tool file {path} not found")
+    before = set(_TOOLS)
+    mod_name = "bpfscope_user_" + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"{path} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BpfscopeError:
+        raise
+    except Exception as e:
+        raise BpfscopeError(f"loading {path} failed: {type(e).__name__}: {e}") from e
+    new = [_TOOLS[n] for n in sorted(set(_TOOLS) - before)]
+    if not new:
+        new = [c for c in _TOOLS.values() if getattr(c, "__module__", "") == mod_name]
+    return new
+
+
+def _load_tool_path() -> None:
+    """Tools from BPFSCOPE_TOOL_PATH: files or directories of .py files, ':'-separated."""
+    for entry in filter(None, os.environ.get("BPFSCOPE_TOOL_PATH", "").split(":")):
+        files = sorted(p for p in (os.path.join(entry, f) for f in os.listdir(entry)) if p.endswith(".py")) \
+            if os.path.isdir(entry) else [entry]
+        for f in files:
+            if os.path.abspath(f) not in _loaded_files:
+                _loaded_files.add(os.path.abspath(f))
+                load_tool_file(f)
+
+
+_loaded_files: set[str] = set()
+
+
 def all_tools() -> dict[str, type[Tool]]:
-    """Every tool: built-in modules, plugins, and ones registered at run time."""
+    """Every tool: built-in modules, plugins, BPFSCOPE_TOOL_PATH files, and run-time registrations."""
+    _load_tool_path()
     for name in builtin_names():
         try:
             importlib.import_module(f"bpfscope.tools.{name}")

@@ -91,7 +91,7 @@ class Map:
         return ctypes.create_string_buffer(raw, self.key_size)
 
     def _decode_key(self, raw: bytes) -> Any:
-        return self.key_type.from_buffer_copy(raw) if self.key_type else raw
+        return _decode(self.key_type, raw)
 
     def _decode_value(self, raw: bytes) -> Any:
         if self.percpu:
@@ -100,11 +100,7 @@ class Map:
         return self._decode_one(raw)
 
     def _decode_one(self, raw: bytes) -> Any:
-        if self.value_type is None:
-            return raw
-        if isinstance(self.value_type, type) and issubclass(self.value_type, ctypes._SimpleCData):
-            return self.value_type.from_buffer_copy(raw).value
-        return self.value_type.from_buffer_copy(raw)
+        return _decode(self.value_type, raw)
 
     # ---- element ops -----------------------------------------------------
     def lookup(self, key: Any) -> Any:
@@ -207,6 +203,14 @@ class Map:
             L.lib.bpf_map_lookup_elem(self.fd, kb, vb)
             out.append(self._decode_value(vb.raw))
         return out
+
+
+def _decode(ctype: Any, raw: bytes) -> Any:
+    """bytes -> ctypes record, or int/float for simple types, or bytes when untyped."""
+    if ctype is None:
+        return raw
+    value = ctype.from_buffer_copy(raw[: ctypes.sizeof(ctype)])
+    return value.value if isinstance(value, ctypes._SimpleCData) else value
 
 
 def sum_percpu(values: list[Any]) -> Any:

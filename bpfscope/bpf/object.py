@@ -205,42 +205,53 @@ class BpfObject:
         return self._maps[name]
 
     def _section_map(self, section: str) -> Map:
-        ptr = None
-        while True:
-            ptr = L.lib.bpf_object__next_map(self._ptr, ptr)
-            if not ptr:
-                raise KeyError(f"{self.path.name} has no {section} section")
-            if L.lib.bpf_map__name(ptr).decode().endswith(section):
-                return Map(self, ptr)
+        key = "section" + section
+        if key not in self._maps:
+            ptr = None
+            while True:
+                ptr = L.lib.bpf_object__next_map(self._ptr, ptr)
+                if not ptr:
+                    raise KeyError(f"{self.path.name} has no {section} section")
+                if L.lib.bpf_map__name(ptr).decode().endswith(section):
+                    self._maps[key] = Map(self, ptr)
+                    break
+        return self._maps[key]
 
     # ---- globals (const volatile rodata before load; .bss/.data live) -----
-    def _global_slot(self, name: str) -> tuple[int, int]:
+    def _global_var(self, name: str) -> tuple[str, int, int]:
         for section in (".rodata", ".bss", ".data"):
             var = self.btf.datasec_vars(section).get(name)
             if var:
-                m = self._section_map(section)
-                size = L.c_size_t()
-                base = L.check_ptr(L.lib.bpf_map__initial_value(m._ptr, ctypes.byref(size)), f"{section} of object")
-                offset, vsize, _ = var
-                return base + offset, vsize
+                return section, var[0], var[1]
         raise KeyError(f"no global {name!r} in {self.path.name}")
 
     def set_global(self, name: str, value: int | bytes | bool) -> None:
-        """Set a `const volatile` global before load (how options reach the BPF side)."""
-        if self.loaded and name in self.btf.datasec_vars(".rodata"):
-            raise RuntimeError(f"{name} is read-only after load")
-        addr, size = self._global_slot(name)
+        """Set a global before load (`const volatile` rodata: how options reach the BPF side)."""
+        if self.loaded:
+            raise RuntimeError(f"{name}: globals are set before load")
+        section, offset, size = self._global_var(name)
+        base = L.check_ptr(
+            L.lib.bpf_map__initial_value(self._section_map(section)._ptr, ctypes.byref(L.c_size_t())), section
+        )
         if isinstance(value, (bytes, bytearray)):
             if len(value) > size:
                 raise ValueError(f"{name}: {len(value)} bytes do not fit in {size}")
-            ctypes.memmove(addr, bytes(value).ljust(size, b"\0"), size)
+            raw = bytes(value).ljust(size, b"\0")
         else:
-            ctypes.memmove(addr, int(value).to_bytes(size, "little", signed=int(value) < 0), size)
+            raw = int(value).to_bytes(size, "little", signed=int(value) < 0)
+        ctypes.memmove(base + offset, raw, size)
 
     def get_global(self, name: str) -> int:
-        """Read an integer global; .bss/.data are memory-mapped, so this is the live value."""
-        addr, size = self._global_slot(name)
-        return int.from_bytes(ctypes.string_at(addr, size), "little")
+        """An integer global's value; after load, read from the kernel's copy (.bss/.data)."""
+        section, offset, size = self._global_var(name)
+        m = self._section_map(section)
+        if self.loaded:
+            raw = m.lookup(0)
+            if raw is None:
+                raise KeyError(f"{section} of {self.path.name} not readable")
+            return int.from_bytes(raw[offset : offset + size], "little")
+        base = L.check_ptr(L.lib.bpf_map__initial_value(m._ptr, ctypes.byref(L.c_size_t())), section)
+        return int.from_bytes(ctypes.string_at(base + offset, size), "little")
 
     def has_global(self, name: str) -> bool:
         return any(name in self.btf.datasec_vars(s) for s in (".rodata", ".bss", ".data"))
