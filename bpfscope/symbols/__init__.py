@@ -6,12 +6,36 @@ Entry point: ``Symbolizer`` (resolver.py). The other modules are usable on their
 ``demangle`` (demangle.py).
 """
 
+import importlib
+
+# `demangle` is both a submodule and a function: bind the function now (the module is
+# cheap; its back-ends load on first use), so the submodule never shadows it.
 from bpfscope.symbols.demangle import demangle
-from bpfscope.symbols.elf import ElfSymbols, SymbolError, find_symbols, read_build_id, symbol_offset
-from bpfscope.symbols.kallsyms import KernelSymbols
-from bpfscope.symbols.perfmap import PerfMap
-from bpfscope.symbols.procmaps import Mapping, ProcessMaps, read_maps
-from bpfscope.symbols.resolver import Symbolizer
+
+# The rest is lazy: importing bpfscope.symbols.elf (uprobes) pays for nothing else.
+_EXPORTS = {
+    "ElfSymbols": "elf",
+    "SymbolError": "elf",
+    "find_symbols": "elf",
+    "read_build_id": "elf",
+    "symbol_offset": "elf",
+    "KernelSymbols": "kallsyms",
+    "PerfMap": "perfmap",
+    "Mapping": "procmaps",
+    "ProcessMaps": "procmaps",
+    "read_maps": "procmaps",
+    "Symbolizer": "resolver",
+}
+
+
+def __getattr__(name: str):
+    mod = _EXPORTS.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ElfSymbols",
