@@ -102,6 +102,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_map__value_size": (c_uint, [c_void_p]),
     "bpf_map__max_entries": (c_uint, [c_void_p]),
     "bpf_map__set_max_entries": (c_int, [c_void_p, c_uint]),
+    "bpf_map__set_autocreate": (c_int, [c_void_p, c_bool]),
     "bpf_map__initial_value": (c_void_p, [c_void_p, ctypes.POINTER(c_size_t)]),
     "bpf_map__btf_key_type_id": (c_uint, [c_void_p]),
     "bpf_map__btf_value_type_id": (c_uint, [c_void_p]),

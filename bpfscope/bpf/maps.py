@@ -65,6 +65,11 @@ class Map:
         """Before load: set max_entries (stack map size, event buffer size...)."""
         L.check_int(L.lib.bpf_map__set_max_entries(self._ptr, max_entries), f"resize {self.name}")
 
+    def set_autocreate(self, create: bool) -> None:
+        """Before load: False leaves the map out (a map type this kernel lacks, used only by
+        programs that are not loaded)."""
+        L.check_int(L.lib.bpf_map__set_autocreate(self._ptr, create), f"autocreate {self.name}")
+
     @property
     def percpu(self) -> bool:
         return self.type in PERCPU_TYPES
