@@ -114,7 +114,10 @@ class Tool:
     columns: ClassVar[list[Column]] = []  # text columns for event tools
     examples: ClassVar[list[str]] = []
     streaming: ClassVar[bool] = False  # emits events live (SSE-capable)
-    collector: ClassVar[str | None] = None  # name of its continuous collector, if it has one
+    # Its continuous collector for `bpfscope serve`, if it has one: a class following
+    # bpfscope.agent.collector.Collector (start()/close() and prometheus_client's collect()).
+    # The agent finds collectors here; tool modules must not import prometheus_client at import time.
+    collector: ClassVar[type | None] = None
 
     def mode(self, opts: Options, features: Features) -> Hook:
         """The hook this run would use; tools whose mode depends on options override this."""

@@ -9,18 +9,54 @@ events (and is told how many), tracing never waits for it.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
 import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import registry
 from ..errors import BpfscopeError, ToolUnavailable, UsageError
 from ..results import Event, HistogramSet, Notice, RateTable, StackCounts, Summary
+
+
+def trim_heap() -> None:
+    """Hand freed heap back to the kernel. libbpf parses the kernel's BTF (megabytes) for every
+    object it loads and frees it after the load; glibc would keep those pages resident."""
+    try:
+        _libc().malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def limit_malloc_arenas(n: int = 2, mmap_threshold: int = 128 * 1024) -> None:
+    """Keep the agent's heap small: few glibc malloc arenas (each run thread would otherwise grow
+    one of its own), and large blocks (libbpf's copy of the kernel BTF, megabytes per object
+    load or kernel probe) always mmap'ed, so freeing them unmaps them at once; glibc's dynamic
+    threshold would otherwise move them into a thread's heap, which it never shrinks."""
+    try:
+        libc = _libc()
+        libc.mallopt(-8, n)  # M_ARENA_MAX
+        libc.mallopt(-3, mmap_threshold)  # M_MMAP_THRESHOLD (fixed: no dynamic adjustment)
+    except (OSError, AttributeError):
+        pass
+
+
+_LIBC: Any = None
+
+
+def _libc() -> Any:
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+
+        _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    return _LIBC
 
 
 class LimitError(BpfscopeError):
@@ -35,6 +71,10 @@ class NotFound(BpfscopeError):
     pass
 
 
+class NotReady(UsageError):
+    """The run's result is not there yet (it is still running): HTTP 409."""
+
+
 @dataclass
 class Limits:
     max_duration: float = 300.0
@@ -44,20 +84,29 @@ class Limits:
     result_ttl: float = 3600.0
     max_events: int = 10000
     max_result_bytes: int = 64 * 1024 * 1024
+    max_stored_events: int = 100000  # over all kept runs: oldest finished runs go first
 
 
 class EventBuffer:
-    """Bounded, sequence-numbered event log that many readers follow at their own pace."""
+    """Bounded, sequence-numbered event log that many readers follow at their own pace.
+
+    Records are serialized to JSON once, on append: every reader (SSE subscribers, result
+    downloads) shares that text, and a JSON string costs a fraction of the dict it came from.
+    The slots form a ring indexed by sequence number, so a reader resuming at any id reads
+    only what it has not seen (no scan of the whole buffer per poll).
+    """
 
     def __init__(self, capacity: int):
-        self._items: deque[tuple[int, dict[str, Any]]] = deque(maxlen=capacity)
+        self.capacity = max(1, int(capacity))
+        self._slots: list[str | None] = [None] * self.capacity
         self._next = 1
         self._cond = threading.Condition()
         self.closed = False
 
     def append(self, record: dict[str, Any]) -> None:
+        data = json.dumps(record, ensure_ascii=False, default=str)
         with self._cond:
-            self._items.append((self._next, record))
+            self._slots[self._next % self.capacity] = data
             self._next += 1
             self._cond.notify_all()
 
@@ -70,20 +119,42 @@ class EventBuffer:
     def last_id(self) -> int:
         return self._next - 1
 
+    @property
+    def first_id(self) -> int:
+        """The oldest id still held (last_id + 1 when empty)."""
+        return max(1, self._next - self.capacity)
+
+    def __len__(self) -> int:
+        return self._next - self.first_id
+
+    def __bool__(self) -> bool:  # an empty buffer is still a buffer (`if run.events:`)
+        return True
+
+    def read_raw(self, after: int, limit: int = 1000) -> tuple[list[tuple[int, str]], int]:
+        """Without waiting: up to `limit` (id, JSON text) with id > after, and how many events
+        left the buffer before this reader got to them."""
+        with self._cond:
+            first = self.first_id
+            lost = first - after - 1 if after < first - 1 else 0
+            start = max(after + 1, first)
+            end = min(self._next, start + limit)
+            return [(i, self._slots[i % self.capacity]) for i in range(start, end)], lost  # type: ignore[misc]
+
     def read_after(self, after: int, timeout: float) -> tuple[list[tuple[int, dict[str, Any]]], int]:
         """Events with id > after (waiting up to timeout for one), and how many were lost
         because they left the buffer before this reader got to them."""
         with self._cond:
             if self._next - 1 <= after and not self.closed:
                 self._cond.wait(timeout)
-            items = [(i, r) for i, r in self._items if i > after]
-            first_kept = self._items[0][0] if self._items else self._next
-            lost = max(0, first_kept - after - 1) if after < first_kept - 1 else 0
-            return items, lost
+            items, lost = self.read_raw(after, self.capacity)
+        return [(i, json.loads(d)) for i, d in items], lost
+
+    def raw_all(self) -> list[str]:
+        items, _ = self.read_raw(0, self.capacity)
+        return [d for _, d in items]
 
     def all(self) -> list[dict[str, Any]]:
-        with self._cond:
-            return [r for _, r in self._items]
+        return [json.loads(d) for d in self.raw_all()]
 
 
 @dataclass
@@ -92,7 +163,7 @@ class Run:
     tool: str
     options: dict[str, Any]
     duration: float
-    state: str = "pending"  # pending | running | done | failed | cancelled
+    state: str = "pending"  # pending | running | cancelling | done | failed | cancelled
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
@@ -106,37 +177,71 @@ class Run:
     events: EventBuffer | None = None
     ctx: registry.RunContext | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    trimmed: bool = False
 
     def status(self) -> dict[str, Any]:
         return {
             "id": self.id, "tool": self.tool, "options": self.options, "duration": self.duration,
             "state": self.state, "created": self.created, "started": self.started, "finished": self.finished,
-            "error": self.error, "mode": self.mode, "lost_events": self.lost_events, "output": self.output,
+            "error": self.error, "mode": self.mode or (self.ctx.mode if self.ctx else None), "lost_events": self.lost_events, "output": self.output,
             "events": self.events.last_id if self.events else 0, "notices": self.notices[-20:],
             "summary": self.summary,
+            "attached": self.ctx is not None and self.ctx.attached_at is not None,
         }
 
     @property
     def active(self) -> bool:
-        return self.state in ("pending", "running")
+        return self.state in ("pending", "running", "cancelling")
 
 
 class RunManager:
-    def __init__(self, limits: Limits | None = None):
+    def __init__(self, limits: Limits | None = None, features: Any = None):
         self.limits = limits or Limits()
         self._runs: dict[str, Run] = {}
         self._lock = threading.Lock()
         self._counter = itertools.count(1)
+        self._features = features
+        self._features_lock = threading.Lock()
+        self._last_expire = 0.0
+
+    @property
+    def features(self) -> Any:
+        """One kernel probe for the manager's life (probing loads BPF programs: do it once)."""
+        with self._features_lock:
+            if self._features is None:
+                from ..bpf.features import Features
+
+                self._features = Features()
+            return self._features
+
+    def check_mode(self, cls: type[registry.Tool], opts: Any) -> None:
+        """Refuse up front (ToolUnavailable) a run whose tool has no hook on this kernel."""
+        try:
+            cls().mode(opts, self.features)
+        except (ToolUnavailable, UsageError):
+            raise
+        except Exception:  # noqa: BLE001 - the run itself will report what is wrong
+            pass
+        finally:
+            self.after_probe()
+
+    def after_probe(self) -> None:
+        """Kernel probes load BPF programs (libbpf parses the kernel BTF): give that memory back."""
+        probed = len(getattr(self._features, "_cache", {}) or {})
+        if probed != getattr(self, "_probed", 0):
+            self._probed = probed
+            trim_heap()
 
     # ---- lifecycle ---------------------------------------------------------
     def start(self, tool: str, options: dict[str, Any] | None, duration: float | None) -> Run:
         """Validate strictly (REST input), check limits, start the run's thread."""
         cls = registry.get(tool)
         opts_raw = dict(options or {})
+        in_opts = opts_raw.pop("duration", None)
+        if duration is not None and in_opts is not None and in_opts != duration:
+            raise UsageError("duration: given twice with different values (give it once)")
         if duration is None:
-            duration = opts_raw.pop("duration", None)
-        else:
-            opts_raw.pop("duration", None)
+            duration = in_opts
         if duration is None:
             duration = self.limits.max_duration
         if isinstance(duration, bool) or not isinstance(duration, (int, float)) or duration <= 0:
@@ -150,6 +255,7 @@ class RunManager:
         if bad:
             raise UsageError(f"option(s) not available over the API: {', '.join(bad)}")
         opts = cls.validate(opts_raw, strict=True)
+        self.check_mode(cls, opts)
         with self._lock:
             self._expire()
             active = [r for r in self._runs.values() if r.active]
@@ -169,7 +275,9 @@ class RunManager:
 
     def _execute(self, run: Run, cls: type[registry.Tool], opts: Any) -> None:
         assert run.ctx is not None
-        run.state = "running"
+        with self._lock:
+            if run.state == "pending":
+                run.state = "running"
         run.started = time.time()
         try:
             for item in cls().run(opts, run.ctx):
@@ -185,11 +293,17 @@ class RunManager:
             run.mode = run.ctx.mode
             run.lost_events = max(run.lost_events, run.ctx.lost_events)
             run.finished = time.time()
-            if run.events:
+            if run.events is not None:
                 run.events.close()
             run.done.set()
+            trim_heap()
+            with self._lock:  # the count limit holds as soon as a run ends
+                self._expire()
 
     def _collect(self, run: Run, item: Any) -> None:
+        if not run.trimmed and run.ctx is not None and run.ctx.attached_at is not None:
+            run.trimmed = True  # loaded and attached: libbpf's copy of the kernel BTF is freed now
+            trim_heap()
         if isinstance(item, Event):
             assert run.events is not None
             run.events.append(item.record)
@@ -205,13 +319,16 @@ class RunManager:
         elif isinstance(item, StackCounts):
             run.results = [item]
 
-    def cancel(self, run_id: str) -> Run:
+    def cancel(self, run_id: str, timeout: float = 10.0) -> Run:
+        """Stop a run and wait (up to timeout) until its BPF objects are released."""
         run = self.get(run_id)
+        with self._lock:
+            if run.state in ("pending", "running"):
+                run.state = "cancelling"
         if run.active:
-            run.state = "cancelling"
             assert run.ctx is not None
             run.ctx.stop.set()
-            run.done.wait(10)
+            run.done.wait(timeout)
         return run
 
     def wait(self, run_id: str, timeout: float) -> Run:
@@ -221,6 +338,8 @@ class RunManager:
 
     def get(self, run_id: str) -> Run:
         with self._lock:
+            if time.monotonic() - self._last_expire > 1.0:
+                self._expire()
             run = self._runs.get(run_id)
         if run is None:
             raise NotFound(f"no run {run_id!r}")
@@ -233,6 +352,7 @@ class RunManager:
 
     def _expire(self) -> None:
         """Drop finished runs past their age, then the oldest beyond the count limit."""
+        self._last_expire = time.monotonic()
         now = time.time()
         finished = [r for r in self._runs.values() if not r.active]
         for r in finished:
@@ -241,6 +361,11 @@ class RunManager:
         finished = sorted((r for r in self._runs.values() if not r.active), key=lambda r: r.finished or 0)
         while len(finished) > self.limits.keep_results:
             del self._runs[finished.pop(0).id]
+        stored = sum(len(r.events) for r in self._runs.values() if r.events)
+        while finished and stored > self.limits.max_stored_events:
+            old = finished.pop(0)
+            stored -= len(old.events) if old.events else 0
+            del self._runs[old.id]
 
     def shutdown(self) -> None:
         """Stop every run and wait for its BPF objects to be released."""
@@ -253,13 +378,7 @@ class RunManager:
 
     # ---- results -------------------------------------------------------------
     def formats(self, run: Run) -> list[str]:
-        return {
-            "events": ["json", "text"],
-            "histogram": ["json", "text"],
-            "rates": ["json", "text"],
-            "table": ["json", "text"],
-            "stacks": ["json", "text", "folded", "svg", "pprof", "speedscope"],
-        }[run.output]
+        return list(FORMATS[run.output])
 
     def result(self, run_id: str, fmt: str, **svg_opts: Any) -> tuple[str, bytes]:
         """(content type, body) of a run's result in `fmt`."""
@@ -267,7 +386,7 @@ class RunManager:
         if fmt not in self.formats(run):
             raise UsageError(f"format {fmt!r} not available for {run.tool}; use one of {', '.join(self.formats(run))}")
         if run.active and run.output != "events":
-            raise UsageError(f"run {run.id} is still {run.state}; its result is ready when it ends")
+            raise NotReady(f"run {run.id} is still {run.state}; its result is ready when it ends")
         body = _render(run, fmt, svg_opts)
         if len(body) > self.limits.max_result_bytes:
             raise UsageError(f"result larger than {self.limits.max_result_bytes} bytes")
@@ -292,6 +411,49 @@ class RunManager:
                     return
                 yield "heartbeat", None, after
 
+    async def astream(self, run_id: str, last_id: int = 0, heartbeat: float = 15.0, poll: float = 0.05,
+                      batch: int = 500) -> AsyncIterator[tuple[str, Any, int]]:
+        """stream() for an asyncio server, without blocking the event loop: (kind, data, id) with
+        kind "events" (data: a batch of (id, JSON text)), "lost", "heartbeat" or "end" (JSON text).
+
+        Readers poll the buffer (never the other way round), so a slow reader only falls behind
+        and is told how many events it lost; the run thread never waits for anyone.
+        """
+        run = self.get(run_id)
+        if run.events is None:
+            raise UsageError(f"{run.tool} is not an event tool; fetch its result instead")
+        buf = run.events
+        after = max(0, min(last_id, buf.last_id))
+        quiet_since = time.monotonic()
+        while True:
+            closed = buf.closed  # read before the buffer: events appended before close are sent
+            items, lost = buf.read_raw(after, batch)
+            if lost:
+                after += lost
+                yield "lost", json.dumps({"lost": lost, "resumed_at": after + 1}), after
+            if items:
+                after = items[-1][0]
+                yield "events", items, after
+            if items or lost:
+                quiet_since = time.monotonic()
+                await asyncio.sleep(0)  # let other clients and requests in between batches
+                continue
+            if closed:
+                yield "end", json.dumps(run.status(), default=str), after
+                return
+            if time.monotonic() - quiet_since >= heartbeat:
+                quiet_since = time.monotonic()
+                yield "heartbeat", "{}", after
+            await asyncio.sleep(poll)
+
+
+FORMATS: dict[str, tuple[str, ...]] = {  # result formats per output kind (registry.OUTPUT_KINDS)
+    "events": ("json", "text"),
+    "histogram": ("json", "text"),
+    "rates": ("json", "text"),
+    "table": ("json", "text"),
+    "stacks": ("json", "text", "folded", "svg", "pprof", "speedscope"),
+}
 
 _CONTENT_TYPES = {
     "json": "application/json",
@@ -305,15 +467,15 @@ _CONTENT_TYPES = {
 
 def _render(run: Run, fmt: str, svg_opts: dict[str, Any]) -> bytes:
     import io
-    import json
 
     from ..render.jsonl import to_json
 
     if fmt == "json":
-        if run.output == "events":
-            payload: Any = {"run": run.status(), "events": run.events.all() if run.events else []}
-        else:
-            payload = {"run": run.status(), "results": [to_json(r) for r in run.results]}
+        if run.output == "events":  # the buffer already holds each event as JSON text
+            head = json.dumps({"run": run.status()}, ensure_ascii=False, default=str)[:-1]
+            events = ",".join(run.events.raw_all() if run.events else [])
+            return f'{head}, "events": [{events}]}}'.encode()
+        payload = {"run": run.status(), "results": [to_json(r) for r in run.results]}
         return json.dumps(payload, ensure_ascii=False, default=str).encode()
     if fmt == "text":
         from ..render.text import TextRenderer
@@ -338,11 +500,13 @@ def _render(run: Run, fmt: str, svg_opts: dict[str, Any]) -> bytes:
 
         return format_folded(stacks).encode()
     if fmt == "svg":
-        from ..render.flamegraph import render_svg
+        from ..render.flamegraph import render_stackcounts
 
-        title = svg_opts.get("title") or ("Off-CPU Time Flame Graph" if stacks.countname == "us" else "Flame Graph")
-        return render_svg(stacks.counts, title=title, countname=stacks.countname, palette=stacks.palette,
-                          **{k: v for k, v in svg_opts.items() if k != "title" and v is not None}).encode()
+        kw = {k: v for k, v in svg_opts.items() if v is not None and v != ""}
+        try:
+            return render_stackcounts(stacks, **kw).encode()
+        except ValueError as e:  # width/minwidth out of the renderer's range
+            raise UsageError(str(e)) from None
     if fmt == "pprof":
         from ..render.pprof import to_pprof
 
@@ -362,4 +526,4 @@ class _Namespace:
         return None
 
 
-__all__ = ["Limits", "LimitError", "NotFound", "Run", "RunManager", "ToolUnavailable"]
+__all__ = ["EventBuffer", "Limits", "LimitError", "NotFound", "NotReady", "Run", "RunManager", "ToolUnavailable"]

@@ -136,6 +136,22 @@ class Map:
         ok = L.lib.bpf_map_delete_elem(self.fd, self._key_buf(key)) == 0
         return ok
 
+    def take(self, key: Any) -> bytes | None:
+        """Read and delete one entry in one step, so no increment falls in between (raw value).
+
+        Kernels before 5.14 refuse that on hash maps: then read, then delete.
+        """
+        kb = self._key_buf(key)
+        vb = ctypes.create_string_buffer(self._value_len())
+        if L.lib.bpf_map_lookup_and_delete_elem(self.fd, kb, vb) == 0:
+            return vb.raw
+        if L.errno() == E.ENOENT:
+            return None
+        if L.lib.bpf_map_lookup_elem(self.fd, kb, vb) != 0:
+            return None
+        L.lib.bpf_map_delete_elem(self.fd, kb)
+        return vb.raw
+
     def keys(self) -> Iterator[bytes]:
         prev = None
         nk = ctypes.create_string_buffer(self.key_size)
