@@ -14,9 +14,10 @@ PYTEST_ARGS ?=
 
 .PHONY: run test deps bpf lint test-kernels bench clean vmlinux
 
+# The node agent: collectors, /metrics, REST API and web page on 127.0.0.1:9440.
 run: deps bpf
 	$(BIN)/bpfscope doctor
-	$(BIN)/bpfscope execsnoop
+	$(BIN)/bpfscope serve --listen 127.0.0.1:9440
 
 test: deps bpf lint
 	$(BIN)/pytest -m "not kernelfunc" $(PYTEST_ARGS)
