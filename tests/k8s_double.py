@@ -6,6 +6,12 @@ A real HTTP/1.1 server on 127.0.0.1 (random port) in a thread. It serves
     GET /api/v1/pods?fieldSelector=...&watch=true[&resourceVersion=R][&timeoutSeconds=T]
                                                                 -> chunked stream of watch events
 
+    GET /api/v1/namespaces/NS/pods[?labelSelector=...]           -> the same, one namespace (list + watch)
+
+Both take labelSelector (equality, set-based and existence terms, as the API server) besides
+fieldSelector. make_pod(pod_ip=, ports=, ready=) gives pods an IP, named container ports and a
+Ready condition (agent discovery).
+
 Tests change pods with add_pod / modify_pod / delete_pod; every change gets the next resourceVersion
 and is streamed to open watches (with the API server's field selector semantics: a pod that starts
 matching arrives as ADDED, one that stops matching as DELETED). A watch from a resourceVersion gets
@@ -39,8 +45,13 @@ def make_pod(
     init_containers: dict[str, str | None] | None = None,
     runtime: str = "containerd",
     qos: str = "Burstable",
+    pod_ip: str | None = None,
+    ports: dict[str, int] | None = None,
+    ready: bool | None = None,
 ) -> Pod:
-    """A Pod as the API server returns it. containers: name -> container id (None: not started yet)."""
+    """A Pod as the API server returns it. containers: name -> container id (None: not started yet).
+    pod_ip: status.podIP; ports: port name -> containerPort of the first container; ready: the
+    Ready condition (None: no conditions, as before)."""
     containers = {"main": None} if containers is None else containers
     init_containers = init_containers or {}
 
@@ -58,7 +69,7 @@ def make_pod(
             out.append(st)
         return out
 
-    return {
+    pod: Pod = {
         "kind": "Pod",
         "apiVersion": "v1",
         "metadata": {
@@ -81,6 +92,15 @@ def make_pod(
             "initContainerStatuses": statuses(init_containers),
         },
     }
+    if ports and pod["spec"]["containers"]:
+        pod["spec"]["containers"][0]["ports"] = [{"name": n, "containerPort": p, "protocol": "TCP"}
+                                                 for n, p in ports.items()]
+    if pod_ip:
+        pod["status"]["podIP"] = pod_ip
+        pod["status"]["podIPs"] = [{"ip": pod_ip}]
+    if ready is not None:
+        pod["status"]["conditions"] = [{"type": "Ready", "status": "True" if ready else "False"}]
+    return pod
 
 
 def _field_matcher(selector: str | None):
@@ -107,6 +127,21 @@ def _field_matcher(selector: str | None):
         return all((get(pod, f) == v) != (op == "!=") for f, op, v in reqs)
 
     return matches
+
+
+def _label_matcher(selector: str | None):
+    """labelSelector support, with the API server's grammar (bpfscope.k8s.pods implements it)."""
+    from bpfscope.k8s.pods import SelectorError, matches, parse_selector
+
+    try:
+        reqs = parse_selector(selector or "")
+    except SelectorError as e:
+        raise ValueError(str(e)) from None
+    return lambda pod: pod is not None and matches(reqs, (pod.get("metadata") or {}).get("labels") or {})
+
+
+def _and(*preds):
+    return lambda pod: all(p(pod) for p in preds)
 
 
 class ApiServerDouble:
@@ -191,6 +226,11 @@ class ApiServerDouble:
                                for s in old["status"]["containerStatuses"]},
                 "init_containers": {s["name"]: s.get("containerID", "").partition("://")[2] or None
                                     for s in old["status"]["initContainerStatuses"]},
+                "pod_ip": old["status"].get("podIP"),
+                "ports": {p["name"]: p["containerPort"] for c in old["spec"]["containers"][:1]
+                          for p in c.get("ports") or []} or None,
+                "ready": next((c["status"] == "True" for c in old["status"].get("conditions") or []
+                               if c.get("type") == "Ready"), None),
             }
             spec.update(kw)
             pod = make_pod(name, namespace, **spec)
@@ -265,10 +305,20 @@ class ApiServerDouble:
                 watch = q.get("watch", "").lower() in ("true", "1")
                 with double._cond:
                     double.requests.append({"path": url.path, "query": q, "watch": watch})
-                if url.path != "/api/v1/pods":
+                parts = url.path.strip("/").split("/")
+                if url.path == "/api/v1/pods":
+                    ns_pred = None
+                elif len(parts) == 5 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "pods":
+                    ns_name = parts[3]
+                    ns_pred = lambda pod: pod is not None and pod["metadata"]["namespace"] == ns_name  # noqa: E731
+                else:
                     return self._status(404, "NotFound", f"the server could not find the requested resource {url.path}")
                 try:
                     matcher = _field_matcher(q.get("fieldSelector"))
+                    if q.get("labelSelector"):
+                        matcher = _and(matcher, _label_matcher(q["labelSelector"]))
+                    if ns_pred is not None:
+                        matcher = _and(matcher, ns_pred)
                 except ValueError as e:
                     return self._status(400, "BadRequest", str(e))
                 if watch:
