@@ -30,6 +30,7 @@ class Event:
     """One record of an event stream (execsnoop row, tcplife session, tty write...)."""
 
     record: dict[str, Any]
+    text: str | None = None  # text mode writes this verbatim instead of a table row (ttysnoop)
 
 
 @dataclass(slots=True)
@@ -95,6 +96,8 @@ class RateTable:
     interval: float
     timestamp: float = field(default_factory=time.time)
     title: str = ""
+    header: bool = True  # text: print the column header (False: rows continue the last table, as vfsstat)
+    width: int = 0  # text: minimum column width (BCC's vfsstat: 8), keeps rows aligned across tables
 
 
 # ------------------------------------------------------------------------- stacks

@@ -26,7 +26,9 @@ class TextRenderer:
         self.out.write(" ".join(_cell(c, c.title) for c in self.columns).rstrip() + "\n")
 
     def render(self, item: Any) -> None:
-        if isinstance(item, Event):
+        if isinstance(item, Event) and item.text is not None:
+            self.out.write(item.text)  # raw output (a terminal's bytes), no columns
+        elif isinstance(item, Event):
             self.header()
             rec = item.record
             cells = []
@@ -68,10 +70,12 @@ def format_rates(t: RateTable, timestamp: bool) -> str:
     if t.title:
         lines.append(t.title)
     cols = t.columns
-    widths = {c: max(len(c), *(len(_fmt_rate(r.get(c, ""))) for r in t.rows)) if t.rows else len(c) for c in cols}
+    widths = {c: max(t.width, len(c), *(len(_fmt_rate(r.get(c, ""))) for r in t.rows)) if t.rows
+              else max(t.width, len(c)) for c in cols}
     stamp = time.strftime("%H:%M:%S", time.localtime(t.timestamp)) if timestamp else None
     head = " ".join(f"{c:>{widths[c]}}" for c in cols)
-    lines.append((f"{'TIME':<8} " if stamp else "") + head)
+    if t.header:
+        lines.append((f"{'TIME':<8} " if stamp else "") + head)
     for r in t.rows:
         row = " ".join(f"{_fmt_rate(r.get(c, '')):>{widths[c]}}" for c in cols)
         lines.append((f"{stamp:<8} " if stamp else "") + row)
@@ -100,7 +104,8 @@ def format_stacks(sc: StackCounts) -> str:
                 out.append("    --")
             out.append(f"    {f.name}")
             prev_kind = f.kind
-        if comm:
-            out.append(f"    -                {comm[0].name}")
+        if comm:  # BCC: "    -                comm (pid)"; a comm frame's address is its pid, if any
+            c = comm[0]
+            out.append(f"    -                {c.name}" + (f" ({c.address})" if c.address else ""))
         out.append(f"        {count}\n")
     return "\n".join(out) + ("\n" if out else "")
