@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Inside the kernel-matrix VM (qemu without KVM) everything runs 10-100x slower.
+IN_VM = os.environ.get("BPFSCOPE_IN_VM") == "1"
+SLOW = 12.0 if IN_VM else 1.0
 
 
 class ToolProcess:
@@ -31,6 +34,7 @@ class ToolProcess:
         self.stderr = ""
 
     def ready(self, timeout: float = 15.0) -> ToolProcess:
+        timeout *= SLOW
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if os.path.exists(self.ready_file):
@@ -44,6 +48,7 @@ class ToolProcess:
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> float:
         """Send sig, wait for exit, return seconds it took."""
+        timeout *= SLOW
         t0 = time.monotonic()
         self.proc.send_signal(sig)
         out, err = self.proc.communicate(timeout=timeout)
@@ -54,6 +59,7 @@ class ToolProcess:
         return took
 
     def wait(self, timeout: float = 60.0) -> int:
+        timeout *= SLOW
         out, err = self.proc.communicate(timeout=timeout)
         self.stdout, self.stderr = out.decode(), err.decode()
         if os.path.exists(self.ready_file):
