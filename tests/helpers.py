@@ -82,3 +82,16 @@ def build_c(src: str, out: Path, *flags: str) -> Path:
     c.write_text(src)
     subprocess.run(["gcc", "-O1", "-g", "-fno-omit-frame-pointer", "-o", str(out), str(c), *flags], check=True)
     return out
+
+
+def programs_left(ids: set[int], timeout: float = 3.0) -> set[int]:
+    """Which of these BPF program ids are still loaded. The kernel frees a program shortly
+    after its last reference goes (deferred work), so give it a moment before calling it a leak."""
+    from bpfscope.bpf.object import loaded_program_ids
+
+    end = time.monotonic() + timeout * SLOW
+    while True:
+        left = set(ids) & loaded_program_ids()
+        if not left or time.monotonic() > end:
+            return left
+        time.sleep(0.05)

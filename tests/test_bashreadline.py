@@ -14,7 +14,7 @@ import pytest
 from bpfscope.bpf.object import program_names
 from bpfscope.errors import UsageError
 from bpfscope.tools.bashreadline import find_readline
-from tests.helpers import ToolProcess, build_c, run_cli
+from tests.helpers import ToolProcess, build_c, programs_left, run_cli
 from tests.pty_helpers import PtyShell, prog_ids_of
 
 BASH = ("/bin/bash", "--norc", "--noprofile", "-i")
@@ -133,4 +133,4 @@ def test_signal_exits_and_releases_programs(sig):
     took = tool.stop(sig)
     assert tool.proc.returncode == 0 and "Traceback" not in tool.stderr
     assert took < 2.0
-    assert not set(program_names()) & during
+    assert not programs_left(during)

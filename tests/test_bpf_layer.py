@@ -13,6 +13,7 @@ from bpfscope.bpf import mounts
 from bpfscope.bpf.object import BpfObject, loaded_program_ids
 from bpfscope.bpf.ringbuf import RingBuffer
 from bpfscope.toolkit import object_path
+from tests.helpers import programs_left
 
 pytestmark = pytest.mark.bpf
 
@@ -59,7 +60,7 @@ def test_globals_struct_and_cleanup():
         assert len(during) >= 2
         with pytest.raises(RuntimeError):
             obj.set_global("max_args", 5)
-    assert not (loaded_program_ids() & during)
+    assert not programs_left(during)
 
 
 def test_hash_map_update_lookup_items_delete():

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from bpfscope.bpf.object import program_names
-from tests.helpers import ToolProcess, run_cli
+from tests.helpers import ToolProcess, programs_left, run_cli
 
 pytestmark = pytest.mark.bpf
 EXEC_PROGS = {n[:15] for n in ("tp_enter_execve", "tp_exit_execve", "tp_enter_execveat", "tp_exit_execveat")}  # kernel keeps 15 chars
@@ -142,7 +142,7 @@ def test_signal_exits_fast_and_releases_programs(sig):
     assert tool.proc.returncode == 0, tool.stderr
     assert took < 1.0, f"exit took {took:.2f}s"
     assert "Traceback" not in tool.stderr
-    left = set(program_names()) & during
+    left = programs_left(during)
     assert not left, f"programs still loaded after exit: {left}"
 
 

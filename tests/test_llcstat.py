@@ -23,7 +23,7 @@ from bpfscope.render.text import TextRenderer
 from bpfscope.results import Event, Notice, Summary
 from bpfscope.tools import _perfevents as pe
 from bpfscope.tools.llcstat import Llcstat, build_rows, collect, total_line
-from tests.helpers import build_c, run_cli
+from tests.helpers import build_c, programs_left, run_cli
 from tests.test_perfstat import prog_ids_of
 
 pytestmark = pytest.mark.bpf
@@ -60,7 +60,7 @@ def run_collect(evwork: str, period: int, per_thread: bool) -> tuple[int, dict, 
     pid, res = touch_pages(evwork, PAGES)
     ctx.stop.set()
     rest = list(gen)
-    assert not (set(program_names()) & ours), "programs left loaded"
+    assert not programs_left(ours), "programs left loaded"
     rows = [r.record for r in rest if isinstance(r, Event)]
     return pid, res, rows, rest
 

@@ -21,7 +21,7 @@ import pytest
 from bpfscope.bpf.object import program_names
 from bpfscope.tools import _perfevents as pe
 from bpfscope.tools.perfstat import Deltas, Entry, MapReader, build_rows, table_columns
-from tests.helpers import ToolProcess, build_c, run_cli
+from tests.helpers import ToolProcess, build_c, programs_left, run_cli
 
 pytestmark = pytest.mark.bpf
 CPROGS = Path(__file__).with_name("cprogs")
@@ -233,7 +233,7 @@ def test_signal_exits_and_releases_programs_and_events(sig):
     assert tool.proc.returncode == 0, tool.stderr
     assert took < 5.0, f"exit took {took:.2f}s"
     assert "Traceback" not in tool.stderr
-    assert not (set(program_names()) & during), "programs left loaded"
+    assert not programs_left(during), "programs left loaded"
     assert tool.stdout.splitlines()[0].split()[:2] == ["PID", "COMM"], tool.stdout  # printed on the way out
 
 

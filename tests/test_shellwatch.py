@@ -23,7 +23,7 @@ from bpfscope.bpf.object import program_names
 from bpfscope.errors import UsageError
 from bpfscope.tools._sinks import AlertMetrics, CounterSink, LogFileSink, WebhookSink
 from bpfscope.tools.shellwatch import Config, ContainerInfo, evaluate, is_login_shell, load_config
-from tests.helpers import ToolProcess, run_cli
+from tests.helpers import ToolProcess, programs_left, run_cli
 from tests.pty_helpers import PtyShell, prog_ids_of
 
 BASH = ("/bin/bash", "--norc", "--noprofile", "-i")
@@ -386,4 +386,4 @@ def test_signal_exits_and_releases_programs(sig):
     srv.server_close()
     assert tool.proc.returncode == 0 and "Traceback" not in tool.stderr
     assert took < 3.0
-    assert not set(program_names()) & during
+    assert not programs_left(during)

@@ -16,7 +16,7 @@ import pytest
 from bpfscope.bpf.object import program_names
 from bpfscope.errors import UsageError
 from bpfscope.tools.ttysnoop import CLEAR, kernel_dev, resolve_terminal, tty_write_signature
-from tests.helpers import ToolProcess, run_cli
+from tests.helpers import ToolProcess, programs_left, run_cli
 from tests.pty_helpers import PtyPair, PtyShell, prog_ids_of
 
 BASH = ("/bin/bash", "--norc", "--noprofile", "-i")
@@ -237,7 +237,7 @@ def test_signal_exits_and_releases_programs(sig):
         took = tool.stop(sig)
     assert tool.proc.returncode == 0 and "Traceback" not in tool.stderr
     assert took < 2.0
-    assert not set(program_names()) & during
+    assert not programs_left(during)
 
 
 # ------------------------------------------------------------------------------ kernel modes (6.1 VM)
