@@ -20,6 +20,7 @@ run: deps bpf
 	$(BIN)/bpfscope serve --listen 127.0.0.1:9440
 
 test: deps bpf lint
+	./scripts/install-deps.sh --browser --helm
 	$(BIN)/pytest -m "not kernelfunc" $(PYTEST_ARGS)
 
 lint: deps
