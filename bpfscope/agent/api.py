@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import math
 import re
@@ -243,7 +244,7 @@ def _status(mgr: RunManager, run: Run) -> dict[str, Any]:
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps(data, ensure_ascii=False, default=str, allow_nan=False).encode()
+    body = json.dumps(data, default=str, allow_nan=False).encode()  # ASCII escapes: any text is safe
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
@@ -261,6 +262,8 @@ def parse_run_request(raw: bytes, max_duration: float) -> tuple[str, dict[str, A
         raise HTTPException(422, f"body is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise HTTPException(422, "body must be a JSON object {tool, options, duration}")
+    if _has_surrogates(data):
+        raise HTTPException(422, "body holds text that is not valid Unicode (lone surrogate escapes)")
     extra = sorted(set(data) - {"tool", "options", "duration"})
     if extra:
         raise HTTPException(422, f"unknown field(s): {', '.join(extra)}")
@@ -285,6 +288,16 @@ def parse_run_request(raw: bytes, max_duration: float) -> tuple[str, dict[str, A
             raise HTTPException(422, f"duration: at most {max_duration:g} s")
         duration = float(duration)
     return tool, options, duration
+
+
+def _has_surrogates(v: Any) -> bool:
+    if isinstance(v, str):
+        return not v.isascii() and any("\ud800" <= c <= "\udfff" for c in v)
+    if isinstance(v, dict):
+        return any(_has_surrogates(k) or _has_surrogates(x) for k, x in v.items())
+    if isinstance(v, list):
+        return any(_has_surrogates(x) for x in v)
+    return False
 
 
 def _parse_last_id(header: str | None, query: int | None) -> int:
@@ -482,13 +495,13 @@ def add_web(app: FastAPI) -> None:
     index = index_path.read_text() if index_path.exists() else "<!doctype html><p>web page not installed</p>"
 
     @app.get("/", include_in_schema=False)
-    def page() -> Response:
+    async def page() -> Response:
         nonce = secrets.token_urlsafe(16)
         headers = {k: v.replace("{nonce}", nonce) for k, v in PAGE_HEADERS.items()}
         return Response(index.replace("{{nonce}}", nonce), media_type="text/html; charset=utf-8", headers=headers)
 
     @app.get("/static/{name}", include_in_schema=False)
-    def static(name: str) -> Response:
+    async def static(name: str) -> Response:
         if name not in files:
             raise HTTPException(404, "not found")
         body, ctype = files[name]
@@ -514,8 +527,27 @@ def install(app: FastAPI, router: APIRouter, host: str = "127.0.0.1", token: str
     if cfg.web:
         add_web(app)
 
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document plus the bearer scheme (required when the agent has a token)."""
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = generate()
+        doc.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http", "scheme": "bearer",
+            "description": "required when the agent has a token (--token-file; always when not on loopback)",
+        }
+        for path, ops in doc.get("paths", {}).items():
+            if path.startswith(router.prefix + "/"):
+                for op in ops.values():
+                    op.setdefault("security", [{"bearer": []}, {}])
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.get("/openapi.json", include_in_schema=False)
-    def openapi_alias() -> Response:
+    async def openapi_alias() -> Response:
         return _json(app.openapi())
 
     security.install(app, host, token, cfg.security)
@@ -525,6 +557,11 @@ def install(app: FastAPI, router: APIRouter, host: str = "127.0.0.1", token: str
     async def lifespan(a: Any) -> Any:
         async with inner(a) as state:
             trim_heap()  # after the collectors' loads
+            # Everything loaded so far (modules, routes, schemas: most of the agent's objects) lives
+            # as long as the agent: keep it out of the cyclic GC, whose full passes over it would
+            # otherwise stall every request now and then while runs allocate event records.
+            gc.collect()
+            gc.freeze()
             try:
                 yield state
             finally:

@@ -15,6 +15,8 @@ import json
 import threading
 import time
 import uuid
+import zlib
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,23 +93,40 @@ class EventBuffer:
     """Bounded, sequence-numbered event log that many readers follow at their own pace.
 
     Records are serialized to JSON once, on append: every reader (SSE subscribers, result
-    downloads) shares that text, and a JSON string costs a fraction of the dict it came from.
-    The slots form a ring indexed by sequence number, so a reader resuming at any id reads
-    only what it has not seen (no scan of the whole buffer per poll).
+    downloads) shares that text. The newest events stay as text; older ones are kept in
+    zlib-compressed blocks (JSON compresses ~8x), so a deep resume buffer costs little memory.
+    It always holds exactly the last `capacity` events; a reader resuming at any id reads only
+    what it has not seen, and is told how many left the buffer before it got to them.
     """
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, block: int = 256):
         self.capacity = max(1, int(capacity))
-        self._slots: list[str | None] = [None] * self.capacity
+        self.block = max(1, min(block, self.capacity // 8))
+        self._blocks: deque[tuple[int, int, bytes]] = deque()  # (first id, count, zlib("\n".join(json)))
+        self._tail: list[str] = []  # the newest events, ids _tail_first...
+        self._tail_first = 1
         self._next = 1
+        self._cache: dict[int, list[str]] = {}  # a couple of decompressed blocks, by first id
         self._cond = threading.Condition()
         self.closed = False
 
     def append(self, record: dict[str, Any]) -> None:
-        data = json.dumps(record, ensure_ascii=False, default=str)
+        data = json.dumps(record, ensure_ascii=False, default=str)  # never holds a raw newline
+        if not data.isascii():
+            try:
+                data.encode()
+            except UnicodeEncodeError:  # lone surrogates (surrogateescape'd names): escape them
+                data = json.dumps(record, default=str)
         with self._cond:
-            self._slots[self._next % self.capacity] = data
+            self._tail.append(data)
             self._next += 1
+            if len(self._tail) >= self.block:
+                packed = zlib.compress("\n".join(self._tail).encode(), 1)
+                self._blocks.append((self._tail_first, len(self._tail), packed))
+                self._tail, self._tail_first = [], self._next
+            first = self.first_id
+            while self._blocks and self._blocks[0][0] + self._blocks[0][1] <= first:
+                self._cache.pop(self._blocks.popleft()[0], None)
             self._cond.notify_all()
 
     def close(self) -> None:
@@ -130,15 +149,38 @@ class EventBuffer:
     def __bool__(self) -> bool:  # an empty buffer is still a buffer (`if run.events:`)
         return True
 
+    def _block_events(self, first: int, packed: bytes) -> list[str]:
+        events = self._cache.get(first)
+        if events is None:
+            events = zlib.decompress(packed).decode().split("\n")
+            if len(self._cache) >= 2:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[first] = events
+        return events
+
     def read_raw(self, after: int, limit: int = 1000) -> tuple[list[tuple[int, str]], int]:
         """Without waiting: up to `limit` (id, JSON text) with id > after, and how many events
         left the buffer before this reader got to them."""
         with self._cond:
             first = self.first_id
             lost = first - after - 1 if after < first - 1 else 0
-            start = max(after + 1, first)
-            end = min(self._next, start + limit)
-            return [(i, self._slots[i % self.capacity]) for i in range(start, end)], lost  # type: ignore[misc]
+            i = max(after + 1, first)
+            end = min(self._next, i + limit)
+            out: list[tuple[int, str]] = []
+            if i < self._tail_first:
+                for bfirst, count, packed in self._blocks:
+                    if i >= end or i < bfirst:
+                        break
+                    if i >= bfirst + count:
+                        continue
+                    events = self._block_events(bfirst, packed)
+                    stop = min(end, bfirst + count)
+                    out.extend((j, events[j - bfirst]) for j in range(i, stop))
+                    i = stop
+            if i < end:
+                t0 = self._tail_first
+                out.extend((j, self._tail[j - t0]) for j in range(i, end))
+            return out, lost
 
     def read_after(self, after: int, timeout: float) -> tuple[list[tuple[int, dict[str, Any]]], int]:
         """Events with id > after (waiting up to timeout for one), and how many were lost
@@ -472,11 +514,11 @@ def _render(run: Run, fmt: str, svg_opts: dict[str, Any]) -> bytes:
 
     if fmt == "json":
         if run.output == "events":  # the buffer already holds each event as JSON text
-            head = json.dumps({"run": run.status()}, ensure_ascii=False, default=str)[:-1]
+            head = json.dumps({"run": run.status()}, default=str)[:-1]
             events = ",".join(run.events.raw_all() if run.events else [])
             return f'{head}, "events": [{events}]}}'.encode()
         payload = {"run": run.status(), "results": [to_json(r) for r in run.results]}
-        return json.dumps(payload, ensure_ascii=False, default=str).encode()
+        return json.dumps(payload, default=str).encode()
     if fmt == "text":
         from ..render.text import TextRenderer
 
@@ -491,20 +533,20 @@ def _render(run: Run, fmt: str, svg_opts: dict[str, Any]) -> bytes:
                 r.render(Event(rec))
         for item in run.results:
             r.render(item)
-        return out.getvalue().encode()
+        return out.getvalue().encode("utf-8", "backslashreplace")
     stacks = next((r for r in run.results if isinstance(r, StackCounts)), None)
     if stacks is None:
         raise UsageError("this run produced no stacks")
     if fmt == "folded":
         from ..render.folded import format_folded
 
-        return format_folded(stacks).encode()
+        return format_folded(stacks).encode("utf-8", "backslashreplace")
     if fmt == "svg":
         from ..render.flamegraph import render_stackcounts
 
         kw = {k: v for k, v in svg_opts.items() if v is not None and v != ""}
         try:
-            return render_stackcounts(stacks, **kw).encode()
+            return render_stackcounts(stacks, **kw).encode("utf-8", "backslashreplace")
         except ValueError as e:  # width/minwidth out of the renderer's range
             raise UsageError(str(e)) from None
     if fmt == "pprof":
@@ -514,7 +556,7 @@ def _render(run: Run, fmt: str, svg_opts: dict[str, Any]) -> bytes:
     if fmt == "speedscope":
         from ..render.speedscope import to_speedscope
 
-        return to_speedscope(stacks).encode()
+        return to_speedscope(stacks).encode("utf-8", "backslashreplace")
     raise UsageError(f"unknown format {fmt}")
 
 

@@ -99,11 +99,11 @@ def main(argv: list[str]) -> int:
         for name, cls in sorted(available.items()):
             print(f"  {name:<12} {cls.help}")
         return 0
-    config = build_config(ns, set(available))
-    host, port = split_listen(config.listen)
     from .api import from_args as api_config
 
-    api_cfg = api_config(ns)
+    api_cfg = api_config(ns)  # limits, TLS, CORS: checked before anything is created
+    config = build_config(ns, set(available))
+    host, port = split_listen(config.listen)
 
     # SIGINT/SIGTERM: uvicorn installs its own handlers while serving and, once it has shut down,
     # re-raises the signal with the handlers it found; these make that a no-op, so we get to close.

@@ -80,18 +80,21 @@ class Program:
         """fentry/fexit/tp_btf/fmod_ret: target fixed at load time."""
         return self._link(L.lib.bpf_program__attach_trace(self._ptr), self.section)
 
-    def attach_kprobe(self, func: str, retprobe: bool = False) -> Link:
-        opts = L.BpfKprobeOpts(sz=ctypes.sizeof(L.BpfKprobeOpts), retprobe=retprobe)
+    def attach_kprobe(self, func: str, retprobe: bool = False, cookie: int = 0) -> Link:
+        """cookie: a value the program reads with bpf_get_attach_cookie() (kernel >= 5.15)."""
+        opts = L.BpfKprobeOpts(sz=ctypes.sizeof(L.BpfKprobeOpts), retprobe=retprobe, bpf_cookie=cookie)
         return self._link(
             L.lib.bpf_program__attach_kprobe_opts(self._ptr, func.encode(), ctypes.byref(opts)),
             f"{'kretprobe' if retprobe else 'kprobe'}:{func}",
         )
 
     def attach_uprobe(
-        self, path: str, offset: int = 0, func: str | None = None, retprobe: bool = False, pid: int = -1
+        self, path: str, offset: int = 0, func: str | None = None, retprobe: bool = False, pid: int = -1,
+        cookie: int = 0,
     ) -> Link:
-        """Attach at `offset` in `path` (file offset), or at symbol `func` resolved by libbpf."""
-        opts = L.BpfUprobeOpts(sz=ctypes.sizeof(L.BpfUprobeOpts), retprobe=retprobe)
+        """Attach at `offset` in `path` (file offset), or at symbol `func` resolved by libbpf.
+        cookie: a value the program reads with bpf_get_attach_cookie() (kernel >= 5.15)."""
+        opts = L.BpfUprobeOpts(sz=ctypes.sizeof(L.BpfUprobeOpts), retprobe=retprobe, bpf_cookie=cookie)
         if func:
             opts.func_name = func.encode()
         return self._link(

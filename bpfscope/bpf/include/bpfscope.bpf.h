@@ -60,6 +60,9 @@ struct hist {
 static __always_inline void hist_add(struct hist *h, __u64 value)
 {
 	__u32 slot = log2_slot(value);
+	/* Keep the mask: clang drops it (log2_slot clamps already), and the 6.1 verifier cannot
+	 * see that clamp ("R2 unbounded memory access"). */
+	barrier_var(slot);
 	__sync_fetch_and_add(&h->slots[slot & (MAX_SLOTS - 1)], 1);
 	__sync_fetch_and_add(&h->sum, value);
 }

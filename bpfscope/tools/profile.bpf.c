@@ -1,0 +1,50 @@
+// SPDX-License-Identifier: GPL-2.0
+/* profile: a perf_event program run on every sample of the chosen event (cpu-clock,
+ * cycles...) on every CPU; counts samples per (process, user stack, kernel stack, comm). */
+#include "_stacks.bpf.h"
+#include "cgroup_filter.bpf.h"
+
+const volatile bool include_idle = false; /* -I */
+const volatile bool filter_pids = false;  /* -p */
+const volatile bool filter_tids = false;  /* -L */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u8);
+} pids SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u8);
+} tids SEC(".maps");
+
+SEC("perf_event")
+int do_sample(struct bpf_perf_event_data *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32, tid = (__u32)id;
+	struct stack_key key = {};
+
+	if (!include_idle && tid == 0)
+		return 0;
+	if (filter_pids && !bpf_map_lookup_elem(&pids, &tgid))
+		return 0;
+	if (filter_tids && !bpf_map_lookup_elem(&tids, &tid))
+		return 0;
+	if (!cgroup_allowed())
+		return 0;
+
+	key.pid = tgid;
+	bpf_get_current_comm(&key.comm, sizeof(key.comm));
+	fill_stacks(ctx, &key);
+	count_sample(ctx, &key);
+	if (!kernel_stacks_only)
+		note_task((struct task_struct *)bpf_get_current_task(), tgid);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,55 @@
+// SPDX-License-Identifier: GPL-2.0
+/* stackcount: count the stacks that reach an event. One program per hook type, all sharing
+ * record(); user space loads and attaches the one the PATTERN asks for. */
+#include "_stacks.bpf.h"
+
+const volatile bool filter_pids = false; /* -p */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u8);
+} pids SEC(".maps");
+
+static __always_inline int record(void *ctx)
+{
+	__u32 tgid = current_tgid();
+	struct stack_key key = {};
+
+	if (filter_pids && !bpf_map_lookup_elem(&pids, &tgid))
+		return 0;
+	key.pid = tgid;
+	bpf_get_current_comm(&key.comm, sizeof(key.comm));
+	fill_stacks(ctx, &key);
+	count_sample(ctx, &key);
+	if (!kernel_stacks_only)
+		note_task((struct task_struct *)bpf_get_current_task(), tgid);
+	return 0;
+}
+
+SEC("tracepoint")
+int sc_tracepoint(void *ctx)
+{
+	return record(ctx);
+}
+
+SEC("uprobe")
+int sc_uprobe(struct pt_regs *ctx)
+{
+	return record(ctx);
+}
+
+SEC("kprobe")
+int sc_kprobe(struct pt_regs *ctx)
+{
+	return record(ctx);
+}
+
+SEC("fentry")
+int sc_fentry(__u64 *ctx)
+{
+	return record(ctx);
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,62 @@
+"""The C program behind the latency and rate tools' tests (tests/cprogs/latprog.c)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+from tests.helpers import ROOT, build_c
+
+LATPROG_SRC = ROOT / "tests" / "cprogs" / "latprog.c"
+
+
+def build_latprog(tmp_path_factory) -> str:  # noqa: ANN001
+    out: Path = tmp_path_factory.mktemp("latprog") / "latprog"
+    return str(build_c(LATPROG_SRC.read_text(), out))
+
+
+class Child:
+    """latprog started and waiting (it printed "ready"); go() starts the work;
+    finish() -> (calls done, {usec log2 slot: count} it measured itself)."""
+
+    def __init__(self, exe: str, *args: object):
+        self.proc = subprocess.Popen([exe, *map(str, args)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        line = self.proc.stdout.readline()
+        assert line.startswith("ready"), line
+        self.pid = self.proc.pid
+
+    def go(self) -> None:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def finish(self, timeout: float = 120) -> tuple[int, dict[int, int]]:
+        out, _ = self.proc.communicate(timeout=timeout)
+        assert self.proc.returncode == 0, out
+        done = int(re.search(r"^done (\d+)", out, re.M).group(1))
+        m = re.search(r"^slots(.*)$", out, re.M)
+        slots = {int(a): int(b) for a, b in (p.split(":") for p in m.group(1).split())} if m else {}
+        return done, slots
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def run_many(cases: list[tuple[list[str], str]], timeout: float = 120) -> list[str]:
+    """Run `bpfscope ARGS` for every case at once; return what failed (bad exit, needle not in
+    stderr, traceback, more than one line of error): one clear line each."""
+    import sys
+
+    procs = [(args, needle, subprocess.Popen([sys.executable, "-m", "bpfscope", *args], cwd=ROOT, text=True,
+                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+             for args, needle in cases]
+    problems = []
+    for args, needle, p in procs:
+        _, err = p.communicate(timeout=timeout)
+        one_line = err.strip().count("\n") == 0 or "usage:" in err
+        if p.returncode == 0 or needle not in err or "Traceback" in err or not one_line:
+            problems.append(f"{args}: exit {p.returncode}, stderr {err!r} (wanted {needle!r})")
+    return problems
