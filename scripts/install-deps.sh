@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(clang llvm libbpf-dev libbpf1 bpftool gcc g++ binutils make python3-venv python3-dev iproute2 bash util-linux procps nodejs)
+pkgs=(clang llvm libbpf-dev libbpf1 bpftool gcc g++ binutils make python3-venv python3-dev iproute2 bash util-linux procps nodejs openssl)
 for arg in "$@"; do
   case "$arg" in
     --bench) pkgs+=(bpftrace linux-perf iperf3) ;;

@@ -40,7 +40,7 @@ def create_app(config: AgentConfig, agent: Agent | None = None, api_config: Any 
                 await run_in_threadpool(agent.close)
 
     app = FastAPI(title="bpfscope agent", version=_version(), lifespan=lifespan,
-                  docs_url=f"{API_PREFIX}/docs", openapi_url=f"{API_PREFIX}/openapi.json", redoc_url=None)
+                  docs_url=None, openapi_url=f"{API_PREFIX}/openapi.json", redoc_url=None)
     app.state.agent = agent
     app.state.config = config
 
