@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from bpfscope.bpf.object import loaded_program_ids
+from tests.helpers import SLOW
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,7 +42,7 @@ def owned_program_ids(pid: int | str = "self") -> set[int]:
 
 def wait_gone(ids: set[int], timeout: float = 5.0) -> set[int]:
     """Wait until none of `ids` is loaded in the kernel; return those still there."""
-    end = time.monotonic() + timeout
+    end = time.monotonic() + timeout * SLOW
     left = ids & loaded_program_ids()
     while left and time.monotonic() < end:
         time.sleep(0.05)
@@ -82,10 +83,11 @@ class Agent:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def client(self, **kw) -> httpx.Client:
-        kw.setdefault("timeout", 30.0)
+        kw.setdefault("timeout", 30.0 * SLOW)
         return httpx.Client(base_url=self.url, headers=self.headers(), **kw)
 
     def ready(self, timeout: float = 30.0, **client_kw) -> Agent:
+        timeout *= SLOW  # the kernel-matrix VM (qemu without KVM) starts Python 10x slower
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:
