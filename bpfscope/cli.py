@@ -123,7 +123,11 @@ class _StopOnSignal:
 
     def __call__(self, signum: int, frame: Any) -> None:
         self.count += 1
-        self.stop.set()
+        # Not self.stop.set() here: it takes the Event's lock, which the interrupted main thread
+        # may hold (inside Event.wait, i.e. RunContext.wait): the handler would then wait for
+        # itself forever (seen under load: ~1% of SIGINTs to a tight wait loop). Another thread
+        # can wait for that lock.
+        threading.Thread(target=self.stop.set, daemon=True).start()
         if self.count > 1:
             raise KeyboardInterrupt
 

@@ -6,7 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.helpers import ROOT, build_c
+from tests.helpers import ROOT, ToolProcess, build_c
 
 LATPROG_SRC = ROOT / "tests" / "cprogs" / "latprog.c"
 
@@ -16,6 +16,26 @@ def build_latprog(tmp_path_factory) -> str:  # noqa: ANN001
     return str(build_c(LATPROG_SRC.read_text(), out))
 
 
+_spawned: list[subprocess.Popen] = []
+
+
+class Tool(ToolProcess):
+    """ToolProcess that reap_all() kills if a failing test left it running."""
+
+    def __init__(self, *args: str, env: dict | None = None):
+        super().__init__(*args, env=env)
+        _spawned.append(self.proc)
+
+
+def reap_all() -> None:
+    """Kill whatever a test started and did not stop (a failed assertion before stop())."""
+    while _spawned:
+        p = _spawned.pop()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 class Child:
     """latprog started and waiting (it printed "ready"); go() starts the work;
     finish() -> (calls done, {usec log2 slot: count} it measured itself)."""
@@ -23,6 +43,7 @@ class Child:
     def __init__(self, exe: str, *args: object):
         self.proc = subprocess.Popen([exe, *map(str, args)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True)
+        _spawned.append(self.proc)
         line = self.proc.stdout.readline()
         assert line.startswith("ready"), line
         self.pid = self.proc.pid

@@ -3,8 +3,10 @@ child processes that tell when they are ready, and parsers for what the tools pr
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -25,6 +27,7 @@ def build(name: str) -> Path:
     if name not in _built:
         if _dir is None:
             _dir = Path(tempfile.mkdtemp(prefix="bpfscope-stk-"))
+            atexit.register(shutil.rmtree, _dir, True)
         out = _dir / name
         subprocess.run(["gcc", *CFLAGS, "-o", str(out), str(CPROGS / f"{name}.c")], check=True)
         _built[name] = out

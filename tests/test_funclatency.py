@@ -19,7 +19,7 @@ import pytest
 from bpfscope.bpf.features import Features
 from bpfscope.bpf.object import program_names
 from tests.helpers import ToolProcess, run_cli
-from tests.latprog import Child, build_latprog, run_many
+from tests.latprog import Child, Tool, build_latprog, reap_all, run_many
 
 pytestmark = pytest.mark.bpf
 READY = 120  # seconds to attach: generous for the kernel matrix VM (qemu TCG is ~20x slower)
@@ -29,6 +29,12 @@ PROGS = {"tp_sys_enter", "tp_sys_exit", "btf_sys_enter", "btf_sys_exit", "uprobe
 @pytest.fixture(scope="session")
 def latprog(tmp_path_factory) -> str:
     return build_latprog(tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def _reap():
+    yield
+    reap_all()
 
 
 def slot_of(low: int) -> int:
@@ -65,7 +71,7 @@ def traced(latprog: str, child_args: list, tool_args: list[str], pid: bool = Tru
     """Start the program, attach the tool (-p program), run the work, stop the tool."""
     child = Child(latprog, *child_args)
     try:
-        tool = ToolProcess("funclatency", *(["-p", str(child.pid)] if pid else []), *tool_args).ready(READY)
+        tool = Tool("funclatency", *(["-p", str(child.pid)] if pid else []), *tool_args).ready(READY)
         child.go()
         done, measured = child.finish()
     finally:
@@ -112,8 +118,8 @@ def test_pid_filter_excludes_other_processes(latprog):
     a = Child(latprog, "work", 60, 1000)
     b = Child(latprog, "work", 40, 1000)
     try:
-        only_a = ToolProcess("funclatency", "--json", "-p", str(a.pid), "syscall:nanosleep").ready(READY)
-        every = ToolProcess("funclatency", "--json", "syscall:nanosleep").ready(READY)
+        only_a = Tool("funclatency", "--json", "-p", str(a.pid), "syscall:nanosleep").ready(READY)
+        every = Tool("funclatency", "--json", "syscall:nanosleep").ready(READY)
         a.go()
         b.go()
         assert a.finish()[0] == 60 and b.finish()[0] == 40
@@ -190,8 +196,8 @@ def _text_slots(text: str) -> dict[int, int]:
 def test_text_and_json_agree(latprog):
     child = Child(latprog, "work", 120, 1500)
     try:
-        text = ToolProcess("funclatency", "-u", "-p", str(child.pid), "syscall:nanosleep").ready(READY)
-        js = ToolProcess("funclatency", "-u", "--json", "-p", str(child.pid), "syscall:nanosleep").ready(READY)
+        text = Tool("funclatency", "-u", "-p", str(child.pid), "syscall:nanosleep").ready(READY)
+        js = Tool("funclatency", "-u", "--json", "-p", str(child.pid), "syscall:nanosleep").ready(READY)
         child.go()
         child.finish()
     finally:
@@ -211,8 +217,8 @@ def test_text_and_json_agree(latprog):
 def test_interval_output_adds_up(latprog):
     child = Child(latprog, "work", 150, 2000)
     try:
-        js = ToolProcess("funclatency", "--json", "-i", "0.2", "-p", str(child.pid), "syscall:nanosleep").ready(READY)
-        text = ToolProcess("funclatency", "-T", "-i", "0.2", "-p", str(child.pid), "syscall:nanosleep").ready(READY)
+        js = Tool("funclatency", "--json", "-i", "0.2", "-p", str(child.pid), "syscall:nanosleep").ready(READY)
+        text = Tool("funclatency", "-T", "-i", "0.2", "-p", str(child.pid), "syscall:nanosleep").ready(READY)
         child.go()
         child.finish()
     finally:
@@ -268,7 +274,7 @@ def test_bad_input_is_one_clear_line():
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_exits_fast_prints_and_releases_programs(sig):
     earlier = set(program_names())
-    tool = ToolProcess("funclatency", "syscall:read").ready(READY)
+    tool = Tool("funclatency", "syscall:read").ready(READY)
     before = {i for i, n in program_names().items() if n in PROGS and i not in earlier}
     assert before, "funclatency's programs should be loaded"
     took = tool.stop(sig)
@@ -295,7 +301,7 @@ def test_cgroup_filter(latprog):
     outside = Child(latprog, "work", 20, 1000)
     try:
         (cg / "cgroup.procs").write_text(str(inside.pid))
-        tool = ToolProcess("funclatency", "--json", "--cgroup", str(cg), "syscall:nanosleep").ready(READY)
+        tool = Tool("funclatency", "--json", "--cgroup", str(cg), "syscall:nanosleep").ready(READY)
         inside.go()
         outside.go()
         inside.finish()

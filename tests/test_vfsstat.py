@@ -10,8 +10,8 @@ import time
 import pytest
 
 from bpfscope.bpf.object import program_names
-from tests.helpers import ToolProcess, run_cli
-from tests.latprog import Child, build_latprog, run_many
+from tests.helpers import run_cli
+from tests.latprog import Child, Tool, build_latprog, reap_all, run_many
 
 pytestmark = pytest.mark.bpf
 READY = 120  # seconds to attach: generous for the kernel matrix VM (qemu TCG is ~20x slower)
@@ -20,6 +20,12 @@ READY = 120  # seconds to attach: generous for the kernel matrix VM (qemu TCG is
 @pytest.fixture(scope="session")
 def latprog(tmp_path_factory) -> str:
     return build_latprog(tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def _reap():
+    yield
+    reap_all()
 
 
 COLUMNS = ["READ/s", "WRITE/s", "FSYNC/s", "OPEN/s", "CREATE/s", "UNLINK/s", "MKDIR/s", "RMDIR/s"]
@@ -43,7 +49,7 @@ def run_rate(latprog: str, tool_args: list[str], rate: int = 5000, seconds: floa
     child = Child(latprog, "rate", rate, int(seconds))
     try:
         args = [a.replace("PID", str(child.pid)) for a in tool_args]
-        tool = ToolProcess("vfsstat", "--json", *args).ready(READY)
+        tool = Tool("vfsstat", "--json", *args).ready(READY)
         child.go()
         out, _ = child.proc.communicate(timeout=60)
     finally:
@@ -84,7 +90,7 @@ def test_every_syscall_family_lands_in_its_column(latprog, tmp_path):
     unlinkat) a known number of times and prints the expected count of each column."""
     child = Child(latprog, "vfs", str(tmp_path))
     try:
-        tool = ToolProcess("vfsstat", "--json", "-p", str(child.pid), "0.2").ready(READY)
+        tool = Tool("vfsstat", "--json", "-p", str(child.pid), "0.2").ready(READY)
         child.go()
         out, _ = child.proc.communicate(timeout=60)
         time.sleep(0.8)  # let an interval end after the program's last call
@@ -106,8 +112,8 @@ def test_text_looks_like_bcc_and_agrees_with_json(latprog, tmp_path):
     """Two tools (text, JSON) on the same known work; 1 s rows, so a text rate is a count."""
     child = Child(latprog, "vfs", str(tmp_path))
     try:
-        text = ToolProcess("vfsstat", "-p", str(child.pid)).ready(READY)
-        js = ToolProcess("vfsstat", "--json", "-p", str(child.pid)).ready(READY)
+        text = Tool("vfsstat", "-p", str(child.pid)).ready(READY)
+        js = Tool("vfsstat", "--json", "-p", str(child.pid)).ready(READY)
         child.go()
         out, _ = child.proc.communicate(timeout=60)
         time.sleep(2.0)  # a row boundary after the program's last call, even on a loaded machine
@@ -141,7 +147,7 @@ def test_count_and_interval_positional():
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_exits_fast_and_releases_programs(sig):
     before = set(program_names())
-    tool = ToolProcess("vfsstat").ready(READY)
+    tool = Tool("vfsstat").ready(READY)
     during = {i for i, n in program_names().items() if n == "vfsstat_btf" and i not in before}
     assert during
     took = tool.stop(sig)
@@ -166,7 +172,7 @@ def test_bad_input_is_one_clear_line():
 def test_other_syscall_hooks_count_the_same(latprog, tmp_path, mode):
     child = Child(latprog, "vfs", str(tmp_path))
     try:
-        tool = ToolProcess("vfsstat", "--json", "--mode", mode, "-p", str(child.pid), "0.2").ready(READY)
+        tool = Tool("vfsstat", "--json", "--mode", mode, "-p", str(child.pid), "0.2").ready(READY)
         child.go()
         out, _ = child.proc.communicate(timeout=60)
         time.sleep(0.8)
@@ -191,7 +197,7 @@ def test_kernel_mode_counts_every_vfs_read(latprog, mode):
     (Exact counts rather than rates: under qemu TCG the program cannot hold a steady rate.)"""
     child = Child(latprog, "reads", 3000)
     try:
-        tool = ToolProcess("vfsstat", "--json", "--mode", mode, "-p", str(child.pid), "0.5").ready(READY)
+        tool = Tool("vfsstat", "--json", "--mode", mode, "-p", str(child.pid), "0.5").ready(READY)
         child.go()
         assert child.finish()[0] == 3000
         time.sleep(1.5)  # a row boundary after the last read

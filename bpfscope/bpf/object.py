@@ -143,10 +143,14 @@ class BpfObject:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self) -> None:
-        """Detach everything, then free the object (its programs and maps go with the last fd)."""
+    def detach(self) -> None:
+        """Destroy every link now; the object stays loaded so its maps can still be read."""
         links, self.links = self.links, []
         _destroy_all(links)
+
+    def close(self) -> None:
+        """Detach everything, then free the object (its programs and maps go with the last fd)."""
+        self.detach()
         for fd in self._extra_fds:
             os.close(fd)
         self._extra_fds = []

@@ -34,7 +34,6 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
-import threading
 import time
 from array import array
 from collections.abc import Iterator
@@ -447,18 +446,8 @@ class StackCollector:
 
 
 def detach(obj: BpfObject) -> None:
-    """Destroy every link now (concurrently: detaches wait for RCU grace periods); the
-    object stays loaded so its maps can still be read."""
-    links = list(obj.links)
-    if len(links) <= 1:
-        for link in links:
-            link.destroy()
-        return
-    threads = [threading.Thread(target=link.destroy) for link in links]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    """Destroy every link now (concurrently); the object stays loaded so its maps can be read."""
+    obj.detach()
 
 
 def _call_sites(addrs: list[int]) -> list[int]:

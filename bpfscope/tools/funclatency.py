@@ -327,10 +327,8 @@ class Funclatency(Tool):
         plan = self.plan(opts, ctx)
         mode = plan.hook.mode
         unit = "msecs" if opts.milliseconds else "usecs" if opts.microseconds else "nsecs"
-        cg_fd = _open_cgroup(opts.cgroup) if opts.cgroup else None
         with open_object(object_path("funclatency")) as obj:
-            if cg_fd is not None:
-                obj.own_fd(cg_fd)
+            cg_fd = obj.own_fd(_open_cgroup(opts.cgroup)) if opts.cgroup else None
             if opts.pid:
                 obj.set_global("targ_tgid", opts.pid)
             obj.set_global("filter_cgroup", cg_fd is not None)

@@ -106,10 +106,8 @@ class Vfsstat(Tool):
             raise UsageError(f"no process {opts.pid}")
         hook = self.mode(opts, ctx.features)
         mode = hook.mode
-        cg_fd = _open_cgroup(opts.cgroup) if opts.cgroup else None
         with open_object(object_path("vfsstat")) as obj:
-            if cg_fd is not None:
-                obj.own_fd(cg_fd)
+            cg_fd = obj.own_fd(_open_cgroup(opts.cgroup)) if opts.cgroup else None
             if opts.pid:
                 obj.set_global("targ_tgid", opts.pid)
             obj.set_global("filter_cgroup", cg_fd is not None)
