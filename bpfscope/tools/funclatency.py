@@ -10,13 +10,18 @@ Targets (BCC's syntax, plus system calls):
   syscall:NAME            system call (t:syscalls:NAME too): sys_enter/sys_exit hooks
 FUNC and NAME may be globs (or regular expressions with -r).
 
-Hooks for system calls (measured on this project's 6.18 test VM, bench/overhead.py): a
-per-syscall tracepoint pair adds ~590 ns to each traced call and ~40 ns to every other system
-call; one tp_btf sys_enter/sys_exit pair filtered by syscall number adds ~530 ns to each traced
-call but ~270 ns to every other system call of the machine.  Detaching costs ~50-80 ms per
-tracepoint link, serialized in the kernel (21 links: ~1 s), and ~2 ms per tp_btf link.  So
-one or two system calls get tracepoints (2-4 links, cheapest for everything else running),
-more get the tp_btf pair (always two links); --mode picks one explicitly.
+Hooks for system calls (bench/overhead.py on this project's 6.18 VM, best of 7 rounds, ns added
+to each call):
+                                       traced read(2)   any other syscall   exit (Ctrl-C)
+  syscalls:sys_{enter,exit}_read            +397               +64             0.13 s
+  tp_btf sys_enter/sys_exit by number       +322              +178             0.02 s
+  raw_tp sys_enter/sys_exit by number       +347              +213             0.02 s
+  (bpftrace with a tid-keyed start map and hist(): +950 per traced read)
+Each tracepoint link costs 50-80 ms to detach, serialized in the kernel (21 links: ~1 s); the
+tp_btf pair is two links whatever the number of system calls, but runs on every system call of
+the machine.  So one or two system calls get tracepoints (2-4 links, nearly free for everything
+else), more get the tp_btf pair; --mode picks one explicitly.  Start times live in task-local
+storage: in the same harness a tid-keyed hash (update + delete per call) added ~280 ns more.
 """
 
 from __future__ import annotations

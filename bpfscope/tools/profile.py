@@ -101,6 +101,9 @@ class Profile(Tool):
                min=1, max=1_000_000, metavar="HZ"),
         Option("count", int, None, "sample period, number of events (nanoseconds of cpu-clock)", ("-c", "--count"),
                min=1, max=2**40, metavar="COUNT"),
+        Option("event", str, None, "sample this perf event instead of cpu-clock/cycles (e.g. page-faults, "
+               "context-switches; counted events default to -c 1: every event)", ("-e", "--event"),
+               pattern=r"[A-Za-z0-9_-]{1,40}", metavar="EVENT"),
         Option("include_idle", bool, False, "include CPU idle stacks", ("-I", "--include-idle")),
         CGROUP,
         S.STACK_STORAGE_SIZE,
@@ -125,6 +128,14 @@ class Profile(Tool):
         duration = S.duration_of(opts, ctx)
         pids = S.check_pids(opts.pid)
         tids = S.check_pids(opts.tid, "thread")
+        counted = None
+        if opts.event:
+            from ._perfevents import canonical, require_pmu
+
+            counted = canonical(opts.event)
+            require_pmu([counted], "profile")
+            if counted not in TIME_EVENTS and not opts.frequency and not opts.count:
+                opts.values["count"] = 1  # a counted event: one sample per event, exact counts
         freq = 0 if opts.count else (opts.frequency or DEFAULT_HZ)
         max_rate = _max_rate()
         if freq and max_rate.isdigit() and freq > int(max_rate):
@@ -172,7 +183,8 @@ class Profile(Tool):
         sample_period = 0
         if event in TIME_EVENTS:
             sample_period = period or int(1e9 / freq)
-        sc = coll.stackcounts(data, countname="samples", palette="hot", sample_period=sample_period)
+        countname = event if (counted and counted not in TIME_EVENTS and period == 1) else "samples"
+        sc = coll.stackcounts(data, countname=countname, palette="hot", sample_period=sample_period)
         sc.stats.update(event=event, frequency=freq, period=period, cpus=len(cpus))
         yield from coll.results(sc, ctx)
 

@@ -14,14 +14,16 @@ the filesystem's create directly (vfs_create sees mknod and stacked filesystems)
 files through vfs_open.  The header says which mode runs.  Counters are per-CPU and never
 cleared (rates are differences), so nothing is lost.
 
-Which syscall hook (bench/overhead.py, this project's 6.18 VM, ns added per call):
+Which syscall hook (bench/overhead.py, this project's 6.18 VM, best of 7 rounds, ns added per call):
                                   counted read(2)   other syscalls   exit (Ctrl-C)
-  tp_btf sys_enter (1 link)            +193             +98             0.12 s
-  raw_tp sys_enter (1 link)            +191            +100             0.10 s
-  per-syscall tracepoints (20 links)   +172              ~0             0.92 s
-Tracepoints cost less per event, but each link takes 50-80 ms to detach, serialized in the
-kernel: the default is the single tp_btf link (Ctrl-C returns at once); --mode syscall-tp
-trades a ~1 s exit for no cost on the system calls vfsstat does not count.
+  tp_btf sys_enter (1 link)            +138            +151             0.02 s
+  raw_tp sys_enter (1 link)            +139             +76             0.02 s
+  per-syscall tracepoints (20 links)   +177             +41             0.89 s
+One filtered program on sys_enter runs for every system call of the machine; per-syscall
+tracepoints cost the uncounted calls less, but each of their 20 links takes 50-80 ms to detach,
+serialized in the kernel.  The default is the single tp_btf link (Ctrl-C returns at once, raw_tp
+where there is no BTF); --mode syscall-tp trades a ~1 s exit for less cost on the system calls
+vfsstat does not count.
 """
 
 from __future__ import annotations
