@@ -90,7 +90,7 @@ def test_every_syscall_family_lands_in_its_column(latprog, tmp_path):
     unlinkat) a known number of times and prints the expected count of each column."""
     child = Child(latprog, "vfs", str(tmp_path))
     try:
-        tool = Tool("vfsstat", "--json", "-p", str(child.pid), "0.2").ready(READY)
+        tool = Tool("vfsstat", "--json", "--mode", "syscall", "-p", str(child.pid), "0.2").ready(READY)
         child.go()
         out, _ = child.proc.communicate(timeout=60)
         time.sleep(0.8)  # let an interval end after the program's last call
@@ -112,8 +112,8 @@ def test_text_looks_like_bcc_and_agrees_with_json(latprog, tmp_path):
     """Two tools (text, JSON) on the same known work; 1 s rows, so a text rate is a count."""
     child = Child(latprog, "vfs", str(tmp_path))
     try:
-        text = Tool("vfsstat", "-p", str(child.pid)).ready(READY)
-        js = Tool("vfsstat", "--json", "-p", str(child.pid)).ready(READY)
+        text = Tool("vfsstat", "--mode", "syscall", "-p", str(child.pid)).ready(READY)
+        js = Tool("vfsstat", "--json", "--mode", "syscall", "-p", str(child.pid)).ready(READY)
         child.go()
         out, _ = child.proc.communicate(timeout=60)
         time.sleep(2.0)  # a row boundary after the program's last call, even on a loaded machine
@@ -147,7 +147,7 @@ def test_count_and_interval_positional():
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_exits_fast_and_releases_programs(sig):
     before = set(program_names())
-    tool = Tool("vfsstat").ready(READY)
+    tool = Tool("vfsstat", "--mode", "syscall").ready(READY)
     during = {i for i, n in program_names().items() if n == "vfsstat_btf" and i not in before}
     assert during
     took = tool.stop(sig)

@@ -184,7 +184,7 @@ _LEVELS = {LIBBPF_WARN: logging.WARNING, LIBBPF_INFO: logging.INFO, LIBBPF_DEBUG
 
 @PrintFn
 def _print_cb(level: int, fmt: bytes, va_list: int) -> int:
-    buf = ctypes.create_string_buffer(4096)
+    buf = ctypes.create_string_buffer(1 << 20)  # verifier logs arrive as one long message
     n = libc.vsnprintf(buf, len(buf), fmt, va_list)
     text = buf.value.decode("utf-8", "replace")
     for line in text.rstrip("\n").split("\n"):
