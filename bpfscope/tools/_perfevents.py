@@ -120,6 +120,31 @@ def require_pmu(events: Iterable[str], tool: str = "perfstat", advice: str = "")
         raise ToolUnavailable(no_pmu_message(hw, tool, advice))
 
 
+def max_sample_rate() -> int | None:
+    """kernel.perf_event_max_sample_rate (samples/s per CPU), None when unreadable."""
+    try:
+        with open("/proc/sys/kernel/perf_event_max_sample_rate") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def min_clock_period() -> int:
+    """The shortest sampling period, ns, of a clock event: the kernel's maximum sample rate
+    (default 100,000/s, i.e. 10 us; the kernel also never runs its timer faster than 10 us).
+    Shorter periods only flood the ring and the stack map; -c 1 on cpu-clock took an agent
+    to 11 GiB before this limit."""
+    rate = max_sample_rate() or 100_000
+    return max(10_000, 1_000_000_000 // max(rate, 1))
+
+
+def check_period(event: str, period: int, flag: str = "-c") -> None:
+    """A clear UsageError for a clock event sampled faster than the kernel allows."""
+    if period and KINDS.get(event) == "clock" and period < min_clock_period():
+        raise UsageError(f"{flag} {period}: {event} counts nanoseconds; the shortest period is "
+                         f"{min_clock_period()} ns (kernel.perf_event_max_sample_rate = {max_sample_rate()})")
+
+
 def spec(event: str) -> tuple[int, int]:
     return perf.event_spec(event)
 

@@ -14,6 +14,7 @@ const volatile bool user_stacks_only = false;   /* -U */
 const volatile bool kernel_stacks_only = false; /* -K */
 const volatile bool note_new_pids = true;       /* tell user space when a process (or exec image) is first seen */
 const volatile bool recover_collisions = false; /* count_sample(): send collided stacks whole (see below) */
+const volatile __u64 recover_max = 0;           /* at most this many per run (0: no limit) */
 
 __u64 stack_collisions = 0; /* bpf_get_stackid() == -EEXIST: another stack owns the bucket */
 __u64 stack_errors = 0;     /* any other failure but -EFAULT (-ENOMEM: stack map full...) */
@@ -122,15 +123,16 @@ static __always_inline void count_stack(struct stack_key *key, __u64 value)
 
 /* One event at the place it happened (profile, stackcount): counts[key]++, or, when a stack
  * collided in the stack map and recover_collisions is set, the whole stack to user space
- * (no wakeup: user space drains it on its own poll). A full ring buffer falls back to
- * counting the sample with its missing stack. */
+ * (no wakeup: user space drains it on its own poll). A full ring buffer, or a run past its
+ * recover_max, falls back to counting the sample with its missing stack: a flood of unique
+ * stacks (-I at 100k samples/s) must not turn into a flood of work for the profiler itself. */
 static __always_inline void count_sample(void *ctx, struct stack_key *key)
 {
 	bool u = recover_collisions && key->user_stack_id == -STK_EEXIST;
 	bool k = recover_collisions && key->kernel_stack_id == -STK_EEXIST;
 	struct collided_stack *r;
 
-	if (u || k) {
+	if ((u || k) && (!recover_max || stacks_recovered < recover_max)) {
 		r = bpf_ringbuf_reserve(&collided, sizeof(*r), 0);
 		if (r) {
 			r->key = *key;

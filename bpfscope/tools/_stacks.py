@@ -51,6 +51,7 @@ from ..toolkit import cstr
 EFAULT, EEXIST = 14, 17
 SYNTHETIC_BASE = 1 << 32  # ids of collided stacks received whole (stack map ids are below 2**31)
 RECOVER_RING = 1 << 22  # bytes of the `collided` ring buffer: ~2000 stacks between two polls
+RECOVER_MAX = 50_000  # collided samples sent whole per run; beyond, they count as missed stacks
 POLL_MS = 250  # longest wait between two drains of the ring buffers
 CAPTURE_BUDGET = 0.02  # share of one CPU that capturing new processes' maps may take (fork storms)
 RESOLVED_KINDS = frozenset(("kernel", "user", "jit"))
@@ -198,6 +199,7 @@ class StackCollector:
         obj.map("stacks").resize(int(opts.get("stack_storage_size", 16384)))
         obj.map("counts").resize(int(opts.get("hash_storage_size", 40960)))
         obj.set_global("recover_collisions", self.recover)
+        obj.set_global("recover_max", RECOVER_MAX)
         obj.map("collided").resize(RECOVER_RING if self.recover else 4096)
 
     # ---- during the run --------------------------------------------------

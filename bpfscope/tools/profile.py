@@ -24,6 +24,7 @@ from ..registry import Hook, HookPlan, RunContext, Tool, register
 from ..results import Notice, Result
 from ..toolkit import object_path, open_object
 from . import _stacks as S
+from ._perfevents import check_period, max_sample_rate
 
 DEFAULT_HZ = 49
 # events whose period counts nanoseconds (pprof / speedscope show time for them)
@@ -53,7 +54,7 @@ def open_sampling(event: str, cpus: list[int], freq: int = 0, period: int = 0) -
             os.close(fd)
         if e.errno == errno.EINVAL and freq:
             raise UsageError(f"-F {freq}: the kernel refuses this sampling rate (kernel.perf_event_max_sample_rate "
-                             f"is {_max_rate()})") from None
+                             f"is {max_sample_rate()})") from None
         raise
     return fds
 
@@ -67,14 +68,6 @@ def attach_all(prog: Program, fds: list[int]) -> None:
             for rest in fds[i + 1 :]:
                 os.close(rest)
             raise
-
-
-def _max_rate() -> str:
-    try:
-        with open("/proc/sys/kernel/perf_event_max_sample_rate") as f:
-            return f.read().strip()
-    except OSError:
-        return "unknown"
 
 
 @register
@@ -137,12 +130,13 @@ class Profile(Tool):
             if counted not in TIME_EVENTS and not opts.frequency and not opts.count:
                 opts.values["count"] = 1  # a counted event: one sample per event, exact counts
         freq = 0 if opts.count else (opts.frequency or DEFAULT_HZ)
-        max_rate = _max_rate()
-        if freq and max_rate.isdigit() and freq > int(max_rate):
+        max_rate = max_sample_rate()
+        if freq and max_rate and freq > max_rate:
             raise UsageError(f"-F {freq}: above the kernel's maximum sampling rate "
                              f"(kernel.perf_event_max_sample_rate = {max_rate})")
         period = opts.count or 0
         event = sampling_event(opts, ctx.features)
+        check_period(event, period)
         flt = None
         if opts.cgroup:
             from ..k8s.filters import resolve_cgroup_filter

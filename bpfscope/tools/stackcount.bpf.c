@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
-/* stackcount: count the stacks that reach an event. One program per hook type, all sharing
- * record(); user space loads and attaches the one the PATTERN asks for. */
+/* stackcount: count the stacks that reach an event. One program per hook type (tracepoint,
+ * uprobe, kprobe, fentry, perf_event), all sharing record(); user space loads and attaches
+ * the one the PATTERN asks for. */
 #include "_stacks.bpf.h"
 
 const volatile bool filter_pids = false; /* -p */
@@ -48,6 +49,14 @@ int sc_kprobe(struct pt_regs *ctx)
 
 SEC("fentry")
 int sc_fentry(__u64 *ctx)
+{
+	return record(ctx);
+}
+
+/* sw:EVENT / hw:EVENT: a sample every PERIOD events on each CPU; the stacks are those of the
+ * task the event happened in (the fault's user stack ends in the faulting function). */
+SEC("perf_event")
+int sc_perf_event(struct bpf_perf_event_data *ctx)
 {
 	return record(ctx);
 }

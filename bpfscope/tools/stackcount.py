@@ -7,6 +7,10 @@ PATTERN (BCC's forms):
                           libpthread.so.N, or a program on PATH) or a path (/bin/bash:readline);
                           FUNC may hold * ? [..] wildcards
   FUNC, k:FUNC, p::FUNC   a kernel function: fentry, else kprobe, where the kernel has them
+  sw:EVENT[:PERIOD]       a software perf event (sw:page-faults, sw:context-switches), counted on
+                          every CPU; PERIOD events per sample, default 1 (every event; clocks:
+                          1 ms). hw:EVENT[:PERIOD] for hardware events where the CPU has a PMU.
+                          bpftrace's software:EVENT:PERIOD / hardware:... spellings work too
 
 Each target kind is its own hook plan; the BPF object holds one program per hook type and
 user space loads the one the pattern needs. A new kind (a software perf event, USDT...)
@@ -42,8 +46,15 @@ KFUNC = HookPlan(
     ),
     hint="count a tracepoint instead (t:CATEGORY:EVENT, e.g. t:sched:sched_switch) or a user function (c:malloc)",
 )
-PLANS = {"tracepoint": TRACEPOINT, "uprobe": UPROBE, "kfunc": KFUNC}
-PROGRAMS = {"tracepoint": "sc_tracepoint", "uprobe": "sc_uprobe", "fentry": "sc_fentry", "kprobe": "sc_kprobe"}
+PERF = HookPlan(
+    (Hook("perf_event", ("perf_event",), "perf event on every CPU, a sample each PERIOD events"),),
+    hint="perf events need perf_event_open and BPF perf_event programs (CONFIG_PERF_EVENTS, CONFIG_BPF_EVENTS)",
+)
+PLANS = {"tracepoint": TRACEPOINT, "uprobe": UPROBE, "kfunc": KFUNC, "perf": PERF}
+PROGRAMS = {"tracepoint": "sc_tracepoint", "uprobe": "sc_uprobe", "fentry": "sc_fentry", "kprobe": "sc_kprobe",
+            "perf_event": "sc_perf_event"}
+PERF_PREFIXES = {"sw": "sw", "software": "sw", "hw": "hw", "hardware": "hw"}
+CLOCK_PERIOD = 1_000_000  # default period of clock events: 1 ms of CPU time per sample
 MAX_UPROBES = 256
 
 LIB_DIRS = (
@@ -56,14 +67,17 @@ _IDENT = re.compile(r"[A-Za-z0-9_]+")
 
 @dataclass(frozen=True)
 class Target:
-    kind: str  # "tracepoint" | "uprobe" | "kfunc"
-    name: str  # event / function (a glob for uprobes)
-    category: str = ""  # tracepoint category
+    kind: str  # "tracepoint" | "uprobe" | "kfunc" | "perf"
+    name: str  # event / function (a glob for uprobes) / canonical perf event
+    category: str = ""  # tracepoint category; perf: "sw" or "hw"
     library: str = ""  # uprobe: library or program as given
+    period: int = 0  # perf: events per sample
 
     def describe(self) -> str:
         if self.kind == "tracepoint":
             return f"t:{self.category}:{self.name}"
+        if self.kind == "perf":
+            return f"{self.category}:{self.name}:{self.period}"
         if self.kind == "uprobe":
             return f"{self.library}:{self.name}"
         return self.name
@@ -75,6 +89,8 @@ def parse_pattern(pattern: str) -> Target:
     parts = p.split(":")
     bad = UsageError(f"bad pattern {pattern!r}: expected t:CATEGORY:EVENT, c:FUNC, LIB:FUNC, /path:FUNC or a "
                      "kernel FUNC")
+    if parts[0] in PERF_PREFIXES:
+        return _perf_target(pattern, PERF_PREFIXES[parts[0]], parts[1:])
     if parts[0] in ("t", "tracepoint"):
         if len(parts) != 3 or not all(_IDENT.fullmatch(x) for x in parts[1:]):
             raise UsageError(f"bad tracepoint {pattern!r}: expected t:CATEGORY:EVENT (no wildcards)")
@@ -102,6 +118,26 @@ def parse_pattern(pattern: str) -> Target:
     if "/" not in lib and not _NAME.fullmatch(lib):
         raise UsageError(f"bad library name {lib!r}")
     return Target("uprobe", func, library=lib)
+
+
+def _perf_target(pattern: str, prefix: str, rest: list[str]) -> Target:
+    """sw:EVENT[:PERIOD] / hw:EVENT[:PERIOD] -> a perf Target (event names as perfstat's)."""
+    from ._perfevents import KINDS, canonical, check_period
+
+    if not 1 <= len(rest) <= 2 or not rest[0]:
+        raise UsageError(f"bad perf event pattern {pattern!r}: expected {prefix}:EVENT[:PERIOD], e.g. sw:page-faults")
+    event = canonical(rest[0])
+    kind = "hw" if KINDS[event] == "hw" else "sw"
+    if kind != prefix:
+        raise UsageError(f"{event} is a {'hardware' if kind == 'hw' else 'software'} event: write {kind}:{event}")
+    if len(rest) == 2 and rest[1]:
+        if not rest[1].isdigit() or not 1 <= int(rest[1]) <= 2**40:
+            raise UsageError(f"bad period {rest[1]!r} in {pattern!r}: a whole number of events, 1 to 2^40")
+        period = int(rest[1])
+    else:
+        period = CLOCK_PERIOD if KINDS[event] == "clock" else 1
+    check_period(event, period, flag=f"period of {event}")
+    return Target("perf", event, category=kind, period=period)
 
 
 def _is_elf(path: str) -> bool:
@@ -154,15 +190,18 @@ def tracepoint_exists(category: str, name: str) -> bool:
 @register
 class Stackcount(Tool):
     name = "stackcount"
-    help = "count the stack traces that led to an event (tracepoint, user or kernel function)"
+    help = "count the stack traces that led to an event (tracepoint, user or kernel function, perf event)"
     description = (
         "PATTERN: t:CATEGORY:EVENT (tracepoint), c:FUNC (libc), LIB:FUNC or /path:FUNC (uprobe; FUNC may\n"
-        "hold * ? wildcards), FUNC or k:FUNC (kernel function: fentry, else kprobe)."
+        "hold * ? wildcards), FUNC or k:FUNC (kernel function: fentry, else kprobe), sw:EVENT[:PERIOD]\n"
+        "(software perf event: page-faults, context-switches...; every event by default),\n"
+        "hw:EVENT[:PERIOD] (hardware event, needs a CPU PMU)."
     )
     output = "stacks"
-    hooks = HookPlan(TRACEPOINT.alternatives + UPROBE.alternatives + KFUNC.alternatives)
+    hooks = HookPlan(TRACEPOINT.alternatives + UPROBE.alternatives + KFUNC.alternatives + PERF.alternatives)
     options = [
-        Option("pattern", str, None, "what to count: t:CATEGORY:EVENT, c:FUNC, LIB:FUNC, /path:FUNC, kernel FUNC",
+        Option("pattern", str, None, "what to count: t:CATEGORY:EVENT, c:FUNC, LIB:FUNC, /path:FUNC, kernel FUNC, "
+               "sw:EVENT[:PERIOD]",
                pattern=r"[A-Za-z0-9_.:/@$*?\[\]+-]{1,255}", metavar="PATTERN"),
         PIDS,
         S.USER_STACKS_ONLY,
@@ -180,6 +219,8 @@ class Stackcount(Tool):
         "bpfscope stackcount -U /usr/bin/bash:readline     # user stacks only",
         "bpfscope stackcount -f --svg sw.svg t:sched:sched_switch -d 10",
         "bpfscope stackcount submit_bio                    # kernel function (fentry or kprobe)",
+        "bpfscope stackcount -p 185 sw:page-faults --svg faults.svg   # where a process faults pages in",
+        "bpfscope stackcount sw:context-switches -d 5      # who leaves the CPU, every switch",
     ]
 
     def mode(self, opts: Options, features: Features) -> Hook:
@@ -188,7 +229,8 @@ class Stackcount(Tool):
     @classmethod
     def mode_report(cls, features: Features) -> list[tuple[str, bool, str]]:
         rows = []
-        for label, plan in (("t:CAT:EVENT", TRACEPOINT), ("LIB:FUNC", UPROBE), ("kernel FUNC", KFUNC)):
+        for label, plan in (("t:CAT:EVENT", TRACEPOINT), ("LIB:FUNC", UPROBE), ("kernel FUNC", KFUNC),
+                            ("sw:EVENT", PERF)):
             try:
                 hook = plan.choose(features)
             except BpfscopeError as e:
@@ -200,7 +242,7 @@ class Stackcount(Tool):
     def run(self, opts: Options, ctx: RunContext) -> Iterator[Result]:
         S.check_stack_options(opts)
         if not opts.pattern:
-            raise UsageError("give a PATTERN: t:CATEGORY:EVENT, c:FUNC, LIB:FUNC or a kernel FUNC")
+            raise UsageError("give a PATTERN: t:CATEGORY:EVENT, c:FUNC, LIB:FUNC, a kernel FUNC or sw:EVENT")
         target = parse_pattern(opts.pattern)
         hook = self._choose(target, ctx.features, opts.get("mode"))  # a clear error before any work
         S.duration_of(opts, ctx)
@@ -230,7 +272,14 @@ class Stackcount(Tool):
 
     @staticmethod
     def _resolve(target: Target, hook: Hook, pids: list[int]) -> tuple[str, list[tuple[str, int]]]:
-        """(file, [(function, file offset)]) for uprobes; checks tracepoints and kernel functions."""
+        """(file, [(function, file offset)]) for uprobes; checks tracepoints, kernel functions and
+        that a hardware event has a PMU to count it."""
+        if target.kind == "perf":
+            from ._perfevents import require_pmu
+
+            require_pmu([target.name], "stackcount", advice="software events work: sw:page-faults, "
+                        "sw:context-switches, sw:cpu-migrations, sw:cpu-clock...")
+            return "", []
         if target.kind == "tracepoint":
             if not tracepoint_exists(target.category, target.name):
                 raise UsageError(f"no tracepoint {target.category}:{target.name} on this kernel "
@@ -281,21 +330,42 @@ class Stackcount(Tool):
                 ctx.mode = hook.mode
                 ctx.mark_attached()
                 coll.start()
-                what = f"{nprobes} functions" if target.kind == "uprobe" else f"1 {hook.mode}"
+                what = {"uprobe": f"{nprobes} functions", "perf": f"{nprobes} CPUs"}.get(target.kind, f"1 {hook.mode}")
                 yield Notice(f'Tracing {what} for "{target.describe()}" ({hook.mode} mode)... Hit Ctrl-C to end.')
                 coll.wait(ctx)
                 data = coll.finish()
             finally:
                 coll.close()
-        sc = coll.stackcounts(data, countname="samples", palette="hot",
-                              per_pid=bool(opts.perpid))
+        countname, sample_period = "samples", 0
+        if target.kind == "perf":
+            from ._perfevents import KINDS
+
+            if KINDS[target.name] == "clock":
+                sample_period = target.period  # pprof / speedscope show time
+            elif target.period == 1:
+                countname = target.name  # one sample per event: the counts are the events
+        sc = coll.stackcounts(data, countname=countname, palette="hot", per_pid=bool(opts.perpid),
+                              sample_period=sample_period)
         sc.stats.update(probes=nprobes, mode=hook.mode)
+        if target.kind == "perf":
+            sc.stats.update(event=target.name, period=target.period)
         yield from coll.results(sc, ctx)
 
     @staticmethod
     def _attach(obj: BpfObject, prog_name: str, target: Target, hook: Hook, path: str,
                 funcs: list[tuple[str, int]], pids: list[int]) -> int:
         prog = obj.program(prog_name)
+        if hook.mode == "perf_event":
+            from ..bpf import perf
+            from .profile import attach_all, open_sampling
+
+            cpus = perf.online_cpus()
+            try:
+                fds = open_sampling(target.name, cpus, period=target.period)
+            except perf.PerfOpenError as e:
+                raise ToolUnavailable(f"cannot open perf event {target.name}: {os.strerror(e.errno)}") from None
+            attach_all(prog, fds)
+            return len(cpus)
         if hook.mode == "tracepoint":
             prog.attach_tracepoint(target.category, target.name)
             return 1
