@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import signal
 import sys
@@ -107,11 +106,18 @@ def parse_tool_args(cls: type[registry.Tool], argv: list[str]) -> tuple[Any, arg
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    """-v: debug logging, libbpf's own lines included. Without it nothing is imported (start-up
+    time); warnings of modules that log still reach stderr through logging's last resort."""
+    if not verbose:
+        return
+    import logging
+
+    from .bpf import libbpf
+
+    logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s", stream=sys.stderr)
+    log = logging.getLogger("bpfscope.libbpf")
+    levels = {libbpf.LIBBPF_WARN: logging.WARNING, libbpf.LIBBPF_INFO: logging.INFO}
+    libbpf.set_log_sink(lambda level, line: log.log(levels.get(level, logging.DEBUG), "%s", line))
 
 
 class _StopOnSignal:

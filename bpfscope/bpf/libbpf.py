@@ -7,14 +7,11 @@ NULL and set errno on failure (libbpf >= 1.0 semantics); int functions return -e
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import logging
 import os
 from collections import deque
+from collections.abc import Callable
 
 from ..errors import BpfscopeError
-
-_log = logging.getLogger("bpfscope.libbpf")
 
 c_void_p = ctypes.c_void_p
 c_char_p = ctypes.c_char_p
@@ -26,13 +23,18 @@ c_u64 = ctypes.c_uint64
 
 
 def _load() -> ctypes.CDLL:
-    for name in ("libbpf.so.1", ctypes.util.find_library("bpf")):
-        if not name:
-            continue
+    try:
+        return ctypes.CDLL("libbpf.so.1", use_errno=True)
+    except OSError:
+        pass
+    from ctypes.util import find_library  # runs ldconfig: only when the usual name fails
+
+    name = find_library("bpf")
+    if name:
         try:
             return ctypes.CDLL(name, use_errno=True)
         except OSError:
-            continue
+            pass
     raise BpfscopeError("libbpf.so.1 not found: install libbpf1 (apt-get install libbpf1)")
 
 
@@ -179,7 +181,16 @@ class BpfError(BpfscopeError):
 # ----------------------------------------------------------------- libbpf logging
 LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
 recent_log: deque[str] = deque(maxlen=400)  # last libbpf lines: verifier logs come through here
-_LEVELS = {LIBBPF_WARN: logging.WARNING, LIBBPF_INFO: logging.INFO, LIBBPF_DEBUG: logging.DEBUG}
+# Where libbpf's lines go besides recent_log: nowhere by default (libbpf warns about probes that
+# fail, which we handle ourselves); `-v` sets a sink that logs them. No logging import here:
+# the CLI's start-up path does not pay for it.
+_sink: Callable[[int, str], None] | None = None
+
+
+def set_log_sink(sink: Callable[[int, str], None] | None) -> None:
+    """sink(level, line) for every libbpf line (LIBBPF_WARN / INFO / DEBUG), or None."""
+    global _sink
+    _sink = sink
 
 
 @PrintFn
@@ -189,9 +200,8 @@ def _print_cb(level: int, fmt: bytes, va_list: int) -> int:
     text = buf.value.decode("utf-8", "replace")
     for line in text.rstrip("\n").split("\n"):
         recent_log.append(line)
-        # libbpf warns about things we handle ourselves (a probe that fails is information):
-        # keep its voice at DEBUG unless the user asked for -v.
-        _log.log(_LEVELS.get(level, logging.DEBUG) if _log.isEnabledFor(logging.DEBUG) else logging.DEBUG, "%s", line)
+        if _sink is not None:
+            _sink(level, line)
     return max(n, 0)
 
 
