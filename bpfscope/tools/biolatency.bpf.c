@@ -160,53 +160,31 @@ static __always_inline int rq_merged(struct request *rq)
 	return 0;
 }
 
-SEC("tp_btf/block_rq_insert")
-int btf_rq_insert(unsigned long long *ctx)
-{
-	return rq_start(rq_arg(ctx), false);
-}
+/* The same four programs as tp_btf (btf_*) and as raw_tp (raw_*). */
+#define RQ_PROGS(prefix, type)                                          \
+	SEC(type "/block_rq_insert")                                    \
+	int prefix##_rq_insert(unsigned long long *ctx)                 \
+	{                                                               \
+		return rq_start(rq_arg(ctx), false);                    \
+	}                                                               \
+	SEC(type "/block_rq_issue")                                     \
+	int prefix##_rq_issue(unsigned long long *ctx)                  \
+	{                                                               \
+		return rq_start(rq_arg(ctx), true);                     \
+	}                                                               \
+	SEC(type "/block_rq_merge")                                     \
+	int prefix##_rq_merge(unsigned long long *ctx)                  \
+	{                                                               \
+		return rq_merged(rq_arg(ctx));                          \
+	}                                                               \
+	SEC(type "/block_rq_complete")                                  \
+	int prefix##_rq_complete(unsigned long long *ctx)               \
+	{                                                               \
+		return rq_done((struct request *)ctx[0]);               \
+	}
 
-SEC("tp_btf/block_rq_issue")
-int btf_rq_issue(unsigned long long *ctx)
-{
-	return rq_start(rq_arg(ctx), true);
-}
-
-SEC("tp_btf/block_rq_merge")
-int btf_rq_merge(unsigned long long *ctx)
-{
-	return rq_merged(rq_arg(ctx));
-}
-
-SEC("tp_btf/block_rq_complete")
-int btf_rq_complete(unsigned long long *ctx)
-{
-	return rq_done((struct request *)ctx[0]);
-}
-
-SEC("raw_tp/block_rq_insert")
-int raw_rq_insert(unsigned long long *ctx)
-{
-	return rq_start(rq_arg(ctx), false);
-}
-
-SEC("raw_tp/block_rq_issue")
-int raw_rq_issue(unsigned long long *ctx)
-{
-	return rq_start(rq_arg(ctx), true);
-}
-
-SEC("raw_tp/block_rq_merge")
-int raw_rq_merge(unsigned long long *ctx)
-{
-	return rq_merged(rq_arg(ctx));
-}
-
-SEC("raw_tp/block_rq_complete")
-int raw_rq_complete(unsigned long long *ctx)
-{
-	return rq_done((struct request *)ctx[0]);
-}
+RQ_PROGS(btf, "tp_btf")
+RQ_PROGS(raw, "raw_tp")
 
 /* ---- (dev, sector)-keyed (classic tracepoints) ---- */
 static __always_inline int sector_start(__u32 dev, __u64 sector, bool issue)

@@ -43,7 +43,8 @@ from ..k8s.pods import K8sError
 from ..options import DURATION, TIMESTAMP, Option, Options
 from ..registry import Hook, HookPlan, RunContext, Tool, register
 from ..results import Notice, RateTable, Result, Summary
-from ..toolkit import cstr, object_path, open_object
+from ..toolkit import cstr
+from ._attached import AttachedObject
 
 FIELDS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
 ZERO = (0, 0, 0, 0)
@@ -54,7 +55,7 @@ HOOKS = HookPlan(
 MAX_CGROUPS = Option("max_cgroups", int, 65536, "cgroups the per-cgroup map holds (packets of more are counted as lost)",
                      ("--max-cgroups",), min=64, max=1 << 20)
 
-class CgnetBpf:
+class CgnetBpf(AttachedObject):
     """cgnet.bpf.o loaded and attached at the cgroup v2 root; close() detaches everything."""
 
     def __init__(self, max_cgroups: int = 65536):
@@ -66,23 +67,7 @@ class CgnetBpf:
         from ..k8s.cgroups import cgroup2_mount
 
         self.mount = cgroup2_mount()
-        self.obj = open_object(object_path("cgnet"), needs_tracefs=False)
-        try:
-            self.obj.map("cgroup_counters").resize(self.max_cgroups)
-            self.obj.load()
-            for prog in ("cgnet_ingress", "cgnet_egress"):
-                try:
-                    self.obj.program(prog).attach_cgroup(self.mount)
-                except L.BpfError as e:
-                    raise BpfscopeError(
-                        f"cannot attach {prog} to the cgroup v2 root {self.mount}: {os.strerror(e.errno) if e.errno else e}"
-                        + (" (a program attached there without BPF_F_ALLOW_MULTI refuses others: "
-                           f"bpftool cgroup show {self.mount})" if e.errno == E.EPERM else "")
-                    ) from None
-            self.obj.program("cgnet_rmdir").attach_raw_tracepoint("cgroup_rmdir")
-        except BaseException:
-            self.close()
-            raise
+        self._open_object("cgnet", self._setup)
         self.counters = self.obj.map("cgroup_counters")
         self.removed = self.obj.map("removed_cgroups")
         ct = self.obj.struct("counters")  # layouts from the object's BTF
@@ -94,16 +79,19 @@ class CgnetBpf:
         self._batch_ok = True
         return self
 
-    def close(self) -> None:
-        if self.obj is not None:
-            self.obj.close()
-            self.obj = None
-
-    def __enter__(self) -> CgnetBpf:
-        return self.open()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _setup(self, obj: Any) -> None:
+        obj.map("cgroup_counters").resize(self.max_cgroups)
+        obj.load()
+        for prog in ("cgnet_ingress", "cgnet_egress"):
+            try:
+                obj.program(prog).attach_cgroup(self.mount)
+            except L.BpfError as e:
+                raise BpfscopeError(
+                    f"cannot attach {prog} to the cgroup v2 root {self.mount}: {os.strerror(e.errno) if e.errno else e}"
+                    + (" (a program attached there without BPF_F_ALLOW_MULTI refuses others: "
+                       f"bpftool cgroup show {self.mount})" if e.errno == E.EPERM else "")
+                ) from None
+        obj.program("cgnet_rmdir").attach_raw_tracepoint("cgroup_rmdir")
 
     # ---- reading ---------------------------------------------------------
     def sum_value(self, raw: bytes) -> tuple[int, int, int, int]:

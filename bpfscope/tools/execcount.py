@@ -18,13 +18,14 @@ from ..k8s.filters import CGROUP_FILTER_OPTIONS, resolve_cgroup_filter
 from ..options import CGROUP, DURATION, TIMESTAMP, Option, Options
 from ..registry import Hook, HookPlan, RunContext, Tool, register
 from ..results import Notice, RateTable, Result, Summary
-from ..toolkit import cstr, object_path, open_object
+from ..toolkit import cstr
+from ._attached import AttachedObject
 
 HOOKS = HookPlan((Hook("raw_tp", ("raw_tp",), "sched:sched_process_exec"),))
 OTHER = "other"
 
 
-class ExecCounts:
+class ExecCounts(AttachedObject):
     """execcount.bpf.o loaded and attached; reads comm -> count."""
 
     def __init__(self, flt: Any = None):
@@ -32,30 +33,16 @@ class ExecCounts:
         self.obj: Any = None
 
     def open(self) -> ExecCounts:
-        self.obj = open_object(object_path("execcount"), needs_tracefs=False)
-        try:
-            if self.flt:
-                self.flt.before_load(self.obj)
-            self.obj.load()
-            if self.flt:
-                self.flt.after_load(self.obj)
-            self.obj.program("execcount_exec").attach_raw_tracepoint("sched_process_exec")
-        except BaseException:
-            self.close()
-            raise
-        self.map = self.obj.map("exec_counts")
+        self.map = self._open_object("execcount", self._setup).map("exec_counts")
         return self
 
-    def close(self) -> None:
-        if self.obj is not None:
-            self.obj.close()
-            self.obj = None
-
-    def __enter__(self) -> ExecCounts:
-        return self.open()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _setup(self, obj: Any) -> None:
+        if self.flt:
+            self.flt.before_load(obj)
+        obj.load()
+        if self.flt:
+            self.flt.after_load(obj)
+        obj.program("execcount_exec").attach_raw_tracepoint("sched_process_exec")
 
     def read(self) -> dict[bytes, int]:
         return {k: int.from_bytes(v, "little") for k, v in self.map.items_raw()}

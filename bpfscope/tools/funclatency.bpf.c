@@ -14,15 +14,13 @@
  * attach time) finds no frame of its own and is ignored.  User functions also match returns
  * by stack pointer, which drops frames a longjmp() or a C++ exception skipped.
  */
-#include "bpfscope.bpf.h"
+#include "task.bpf.h"
+#include "_task_filter.bpf.h"
 
 #define MAX_FUNCS 20        /* histograms (per function with -F) and fentry slots */
 #define MAX_DEPTH 16        /* nested timed calls per task */
 #define MAX_SYSCALLS 512    /* syscall numbers mapped by syscall_funcs */
-#define X86_TS_COMPAT 0x0002
 
-const volatile __u32 targ_tgid = 0;     /* -p */
-const volatile bool filter_cgroup = false; /* --cgroup: cgroup_filter[0] */
 const volatile __u64 unit_div = 1;      /* nsecs 1, usecs 1000, msecs 1000000 */
 const volatile bool per_func = false;   /* -F: one histogram per function */
 const volatile bool match_sp = false;   /* uprobes: pair returns with entries by stack pointer */
@@ -62,22 +60,6 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } syscall_funcs SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_CGROUP_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} cgroup_filter SEC(".maps");
-
-static __always_inline bool traced_task(void)
-{
-	if (targ_tgid && current_tgid() != targ_tgid)
-		return false;
-	if (filter_cgroup && bpf_current_task_under_cgroup(&cgroup_filter, 0) != 1)
-		return false;
-	return true;
-}
 
 static __always_inline void record(__u32 func, __u64 delta_ns)
 {
@@ -138,7 +120,7 @@ static __always_inline void on_return(__u32 func, __u64 sp)
 	struct calls *c;
 	__u32 d;
 
-	if (targ_tgid && current_tgid() != targ_tgid)
+	if (!traced_tgid())
 		return;
 	c = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0, 0);
 	if (!c)
@@ -221,17 +203,6 @@ static __always_inline __u32 syscall_func(long id)
 	return func ? *func : 0;
 }
 
-/* tp_btf/raw_tp see 32-bit tasks' calls with their own numbering: skip them
- * (syscall tracepoints do the same). */
-static __always_inline bool compat_task(void)
-{
-	struct task_struct *t = bpf_get_current_task_btf();
-
-	if (!bpf_core_field_exists(t->thread_info.status))
-		return false;
-	return BPF_CORE_READ(t, thread_info.status) & X86_TS_COMPAT;
-}
-
 /* One call at a time per task: frame 0 holds it. */
 static __always_inline void sys_entry(__u32 func)
 {
@@ -255,7 +226,7 @@ static __always_inline void sys_return(__u32 func, __u64 now)
 
 	if (!func)
 		return;
-	if (targ_tgid && current_tgid() != targ_tgid)
+	if (!traced_tgid())
 		return;
 	c = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0, 0);
 	if (!c || c->depth != 1 || c->f[0].func != func)

@@ -40,6 +40,7 @@ from ..registry import Hook, HookPlan, RunContext, Tool, register
 from ..results import Histogram, Notice, Result, Summary
 from ..toolkit import object_path, open_object
 from . import _syscalls
+from ._task_filter import fill_cgroup_filter, set_task_filter
 
 MAX_FUNCS = 20  # -F histograms and fentry slots (funclatency.bpf.c MAX_FUNCS)
 MAX_PROBES = 500  # functions one run may attach to with kprobes/uprobes
@@ -333,10 +334,7 @@ class Funclatency(Tool):
         mode = plan.hook.mode
         unit = "msecs" if opts.milliseconds else "usecs" if opts.microseconds else "nsecs"
         with open_object(object_path("funclatency")) as obj:
-            cg_fd = obj.own_fd(_open_cgroup(opts.cgroup)) if opts.cgroup else None
-            if opts.pid:
-                obj.set_global("targ_tgid", opts.pid)
-            obj.set_global("filter_cgroup", cg_fd is not None)
+            cg_fd = set_task_filter(obj, opts.pid, opts.cgroup)
             obj.set_global("unit_div", UNIT_DIVISORS[unit])
             obj.set_global("per_func", bool(opts.function))
             obj.set_global("match_sp", mode == "uprobe")
@@ -354,8 +352,7 @@ class Funclatency(Tool):
             else:
                 obj.only_programs(ENTRY_EXIT[mode])
             _load(obj, mode)
-            if cg_fd is not None:
-                obj.map("cgroup_filter").update(0, cg_fd)
+            fill_cgroup_filter(obj, cg_fd)
             attached = self._attach(obj, plan, opts)
             ctx.mode = mode
             ctx.mark_attached()
@@ -469,16 +466,6 @@ def _load(obj, mode: str) -> None:  # noqa: ANN001
         if mode == "fentry" and e.errno:
             raise BpfscopeError(f"loading fentry programs failed: {os.strerror(e.errno)} (try -k for kprobes)") from None
         raise
-
-
-def _open_cgroup(arg: str) -> int:
-    from ..k8s.cgroups import fs_path, resolve_cgroup_arg
-
-    path = fs_path(resolve_cgroup_arg(arg))
-    try:
-        return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as e:
-        raise UsageError(f"cannot open cgroup {arg!r}: {e.strerror}") from None
 
 
 def _averages(hists: list[Histogram], unit: str) -> list[str]:

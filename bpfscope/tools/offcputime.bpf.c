@@ -6,11 +6,11 @@
  * counts[(tgid, tid, stacks, comm)]. The start record lives in task-local storage (tp_btf
  * mode) or in a tid-keyed hash (raw_tp mode, for kernels without tp_btf/task storage). */
 #include "_stacks.bpf.h"
+#include "_id_filter.bpf.h"
+#include "task.bpf.h"
 
 #define PF_KTHREAD 0x00200000
 
-const volatile bool filter_pids = false;         /* -p */
-const volatile bool filter_tids = false;         /* -t */
 const volatile bool user_threads_only = false;   /* -u */
 const volatile bool kernel_threads_only = false; /* -k */
 const volatile bool filter_state = false;        /* --state given */
@@ -23,19 +23,8 @@ struct offcpu_start {
 	struct stack_key key;
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, __u32);
-	__type(value, __u8);
-} pids SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, __u32);
-	__type(value, __u8);
-} tids SEC(".maps");
+ID_FILTER(pids) /* -p */
+ID_FILTER(tids) /* -t */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
@@ -51,27 +40,13 @@ struct {
 	__type(value, struct offcpu_start);
 } start_hash SEC(".maps");
 
-/* task_struct->state became __state in 5.14 */
-struct task_struct___pre514 {
-	volatile long state;
-} __attribute__((preserve_access_index));
-
-static __always_inline __u64 task_state(struct task_struct *t)
-{
-	if (bpf_core_field_exists(t->__state))
-		return BPF_CORE_READ(t, __state);
-	return BPF_CORE_READ((struct task_struct___pre514 *)t, state);
-}
-
 static __always_inline bool record_allowed(struct task_struct *prev, __u32 tid, __u32 tgid)
 {
 	__u32 flags;
 
 	if (tid == 0) /* the idle task: its "off-CPU" time is the CPU's busy time */
 		return false;
-	if (filter_pids && !bpf_map_lookup_elem(&pids, &tgid))
-		return false;
-	if (filter_tids && !bpf_map_lookup_elem(&tids, &tid))
+	if (!pids_allowed(tgid) || !tids_allowed(tid))
 		return false;
 	if (user_threads_only || kernel_threads_only) {
 		flags = BPF_CORE_READ(prev, flags);

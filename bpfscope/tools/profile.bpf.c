@@ -2,25 +2,13 @@
 /* profile: a perf_event program run on every sample of the chosen event (cpu-clock,
  * cycles...) on every CPU; counts samples per (process, user stack, kernel stack, comm). */
 #include "_stacks.bpf.h"
+#include "_id_filter.bpf.h"
 #include "cgroup_filter.bpf.h"
 
 const volatile bool include_idle = false; /* -I */
-const volatile bool filter_pids = false;  /* -p */
-const volatile bool filter_tids = false;  /* -L */
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, __u32);
-	__type(value, __u8);
-} pids SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, __u32);
-	__type(value, __u8);
-} tids SEC(".maps");
+ID_FILTER(pids) /* -p */
+ID_FILTER(tids) /* -L */
 
 SEC("perf_event")
 int do_sample(struct bpf_perf_event_data *ctx)
@@ -31,9 +19,7 @@ int do_sample(struct bpf_perf_event_data *ctx)
 
 	if (!include_idle && tid == 0)
 		return 0;
-	if (filter_pids && !bpf_map_lookup_elem(&pids, &tgid))
-		return 0;
-	if (filter_tids && !bpf_map_lookup_elem(&tids, &tid))
+	if (!pids_allowed(tgid) || !tids_allowed(tid))
 		return 0;
 	if (!cgroup_allowed())
 		return 0;

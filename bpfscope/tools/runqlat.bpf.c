@@ -7,7 +7,7 @@
  *          (no hash update + delete per event);
  *   raw_*  raw_tp: CO-RE probe reads; enqueue time in a hash keyed by thread id.
  */
-#include "bpfscope.bpf.h"
+#include "task.bpf.h"
 
 #define TASK_RUNNING 0
 
@@ -37,18 +37,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct hist);
 } hists SEC(".maps");
-
-/* task->state became task->__state in 5.14 */
-struct task_struct___o {
-	volatile long state;
-} __attribute__((preserve_access_index));
-
-static __always_inline long task_state(struct task_struct *t)
-{
-	if (bpf_core_field_exists(t->__state))
-		return BPF_CORE_READ(t, __state);
-	return BPF_CORE_READ((struct task_struct___o *)t, state);
-}
 
 /* A preempted task stays on the run queue whatever its state says; otherwise only a
  * task still TASK_RUNNING when switched out is waiting to run again. */
@@ -85,6 +73,29 @@ static __always_inline void record(struct task_struct *p, __u32 tid, __u64 delta
 	hist_add(h, targ_ms ? delta_ns / 1000000 : delta_ns / 1000);
 }
 
+/* wakeup, wakeup_new and switch programs (PREFIX_*) of one hook type over one start store */
+#define SCHED_PROGS(prefix, type, enqueue, dequeue)                                                  \
+	SEC(type "/sched_wakeup")                                                                   \
+	int BPF_PROG(prefix##_wakeup, struct task_struct *p)                                        \
+	{                                                                                           \
+		enqueue(p);                                                                         \
+		return 0;                                                                           \
+	}                                                                                           \
+	SEC(type "/sched_wakeup_new")                                                               \
+	int BPF_PROG(prefix##_wakeup_new, struct task_struct *p)                                    \
+	{                                                                                           \
+		enqueue(p);                                                                         \
+		return 0;                                                                           \
+	}                                                                                           \
+	SEC(type "/sched_switch")                                                                   \
+	int BPF_PROG(prefix##_switch, bool preempt, struct task_struct *prev, struct task_struct *next) \
+	{                                                                                           \
+		if (still_runnable(preempt, prev))                                                  \
+			enqueue(prev);                                                              \
+		dequeue(next);                                                                      \
+		return 0;                                                                           \
+	}
+
 /* ---- tp_btf + task storage ---- */
 static __always_inline void ts_enqueue(struct task_struct *p)
 {
@@ -115,28 +126,7 @@ static __always_inline void ts_dequeue(struct task_struct *p)
 	record(p, tid, delta);
 }
 
-SEC("tp_btf/sched_wakeup")
-int BPF_PROG(btf_wakeup, struct task_struct *p)
-{
-	ts_enqueue(p);
-	return 0;
-}
-
-SEC("tp_btf/sched_wakeup_new")
-int BPF_PROG(btf_wakeup_new, struct task_struct *p)
-{
-	ts_enqueue(p);
-	return 0;
-}
-
-SEC("tp_btf/sched_switch")
-int BPF_PROG(btf_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
-{
-	if (still_runnable(preempt, prev))
-		ts_enqueue(prev);
-	ts_dequeue(next);
-	return 0;
-}
+SCHED_PROGS(btf, "tp_btf", ts_enqueue, ts_dequeue)
 
 /* ---- raw_tp + hash ---- */
 static __always_inline void hash_enqueue(struct task_struct *p)
@@ -166,27 +156,6 @@ static __always_inline void hash_dequeue(struct task_struct *p)
 	record(p, tid, delta);
 }
 
-SEC("raw_tp/sched_wakeup")
-int BPF_PROG(raw_wakeup, struct task_struct *p)
-{
-	hash_enqueue(p);
-	return 0;
-}
-
-SEC("raw_tp/sched_wakeup_new")
-int BPF_PROG(raw_wakeup_new, struct task_struct *p)
-{
-	hash_enqueue(p);
-	return 0;
-}
-
-SEC("raw_tp/sched_switch")
-int BPF_PROG(raw_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
-{
-	if (still_runnable(preempt, prev))
-		hash_enqueue(prev);
-	hash_dequeue(next);
-	return 0;
-}
+SCHED_PROGS(raw, "raw_tp", hash_enqueue, hash_dequeue)
 
 char LICENSE[] SEC("license") = "GPL";

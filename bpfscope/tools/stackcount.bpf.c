@@ -3,22 +3,16 @@
  * uprobe, kprobe, fentry, perf_event), all sharing record(); user space loads and attaches
  * the one the PATTERN asks for. */
 #include "_stacks.bpf.h"
+#include "_id_filter.bpf.h"
 
-const volatile bool filter_pids = false; /* -p */
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, __u32);
-	__type(value, __u8);
-} pids SEC(".maps");
+ID_FILTER(pids) /* -p */
 
 static __always_inline int record(void *ctx)
 {
 	__u32 tgid = current_tgid();
 	struct stack_key key = {};
 
-	if (filter_pids && !bpf_map_lookup_elem(&pids, &tgid))
+	if (!pids_allowed(tgid))
 		return 0;
 	key.pid = tgid;
 	bpf_get_current_comm(&key.comm, sizeof(key.comm));

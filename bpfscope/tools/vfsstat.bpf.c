@@ -7,7 +7,8 @@
  * number to its column and how to read its flags (O_CREAT opens also count as CREATE,
  * unlinkat(AT_REMOVEDIR) is an RMDIR).
  */
-#include "bpfscope.bpf.h"
+#include "task.bpf.h"
+#include "_task_filter.bpf.h"
 
 enum stat_type { S_READ, S_WRITE, S_FSYNC, S_OPEN, S_CREATE, S_UNLINK, S_MKDIR, S_RMDIR, S_MAXSTAT };
 
@@ -24,10 +25,6 @@ enum flag_kind {
 #define MAX_SYSCALLS 512
 #define X86_O_CREAT 0100
 #define X86_AT_REMOVEDIR 0x200
-#define X86_TS_COMPAT 0x0002
-
-const volatile __u32 targ_tgid = 0;
-const volatile bool filter_cgroup = false;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -42,22 +39,6 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } syscall_stats SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_CGROUP_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} cgroup_filter SEC(".maps");
-
-static __always_inline bool traced_task(void)
-{
-	if (targ_tgid && current_tgid() != targ_tgid)
-		return false;
-	if (filter_cgroup && bpf_current_task_under_cgroup(&cgroup_filter, 0) != 1)
-		return false;
-	return true;
-}
 
 static __always_inline void count(__u32 stat)
 {
@@ -93,14 +74,6 @@ VFS_HOOKS(vfs_mkdir, S_MKDIR)
 VFS_HOOKS(vfs_rmdir, S_RMDIR)
 
 /* ---- syscall mode ----------------------------------------------------------------- */
-static __always_inline bool compat_task(void)
-{
-	struct task_struct *t = bpf_get_current_task_btf();
-
-	if (!bpf_core_field_exists(t->thread_info.status))
-		return false;
-	return BPF_CORE_READ(t, thread_info.status) & X86_TS_COMPAT;
-}
 
 /* from_regs (constant per program): arguments from the sys_enter pt_regs, else from the
  * tracepoint record's args (then compat tasks never show up: syscall tracepoints skip them) */

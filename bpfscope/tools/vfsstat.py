@@ -32,6 +32,7 @@ import ctypes
 import os
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from ..bpf import libbpf as L
 from ..bpf import mounts
@@ -41,6 +42,10 @@ from ..registry import Hook, HookPlan, RunContext, Tool, register
 from ..results import Notice, RateTable, Result, Summary
 from ..toolkit import object_path, open_object
 from . import _syscalls
+from ._task_filter import fill_cgroup_filter, set_task_filter
+
+if TYPE_CHECKING:
+    from ..bpf.object import BpfObject
 
 STATS = ("READ", "WRITE", "FSYNC", "OPEN", "CREATE", "UNLINK", "MKDIR", "RMDIR")
 COLUMNS = [f"{s}/s" for s in STATS]
@@ -109,47 +114,12 @@ class Vfsstat(Tool):
         hook = self.mode(opts, ctx.features)
         mode = hook.mode
         with open_object(object_path("vfsstat")) as obj:
-            cg_fd = obj.own_fd(_open_cgroup(opts.cgroup)) if opts.cgroup else None
-            if opts.pid:
-                obj.set_global("targ_tgid", opts.pid)
-            obj.set_global("filter_cgroup", cg_fd is not None)
-            funcs: list[str] = []
-            if mode in ("fentry", "kprobe"):
-                funcs = _kernel_funcs(need_btf=mode == "fentry")
-                obj.only_programs([f"{mode}_{f}" for f in funcs])
-            elif mode == "syscall-tp":
-                obj.only_programs(["vfsstat_tp", "vfsstat_tp_args"])
-            else:
-                obj.only_programs(["vfsstat_btf" if mode == "syscall" else "vfsstat_raw"])
+            cg_fd = set_task_filter(obj, opts.pid, opts.cgroup)
+            funcs = _kernel_funcs(need_btf=mode == "fentry") if mode in ("fentry", "kprobe") else []
+            obj.only_programs(programs(mode, funcs))
             obj.load()
-            if cg_fd is not None:
-                obj.map("cgroup_filter").update(0, cg_fd)
-            if mode == "fentry":
-                for f in funcs:
-                    obj.program(f"fentry_{f}").attach_trace()
-                title = "Kernel mode (fentry on " + " ".join(funcs) + ")"
-            elif mode == "kprobe":
-                for f in funcs:
-                    obj.program(f"kprobe_{f}").attach_kprobe(f)
-                title = "Kernel mode (kprobes on " + " ".join(funcs) + ")"
-            else:
-                m = obj.map("syscall_stats")
-                for name, (stat, kind) in SYSCALLS.items():
-                    m.update(_syscalls.number(name), (kind << 8) | (STATS.index(stat) + 1))
-                if mode == "syscall":
-                    obj.program("vfsstat_btf").attach_trace()
-                elif mode == "syscall-raw":
-                    obj.program("vfsstat_raw").attach_raw_tracepoint("sys_enter")
-                else:
-                    tracefs = mounts.tracefs()
-                    for name, (_, kind) in SYSCALLS.items():
-                        tp = _syscalls.tracepoint(name, tracefs)
-                        if tp:
-                            prog = "vfsstat_tp" if kind in (K_PLAIN, K_CREAT) else "vfsstat_tp_args"
-                            obj.program(prog).attach_tracepoint("syscalls", f"sys_enter_{tp}")
-                hook_name = {"syscall": "tp_btf sys_enter", "syscall-raw": "raw_tp sys_enter",
-                             "syscall-tp": "syscalls:sys_enter_<name> tracepoints"}[mode]
-                title = f"Syscall mode ({hook_name} of read/write/fsync/open/creat/unlink/mkdir/rmdir system calls)"
+            fill_cgroup_filter(obj, cg_fd)
+            title = attach(obj, mode, funcs)
             ctx.mode = mode
             ctx.mark_attached()
             yield Notice(f"Tracing VFS operations ({mode} mode)... Hit Ctrl-C to end.")
@@ -180,6 +150,44 @@ class Vfsstat(Tool):
                 return
 
 
+def programs(mode: str, funcs: list[str]) -> list[str]:
+    """The programs of vfsstat.bpf.o that mode loads (funcs: _kernel_funcs() in the kernel modes)."""
+    if mode in ("fentry", "kprobe"):
+        return [f"{mode}_{f}" for f in funcs]
+    if mode == "syscall-tp":
+        return ["vfsstat_tp", "vfsstat_tp_args"]
+    return ["vfsstat_btf" if mode == "syscall" else "vfsstat_raw"]
+
+
+def attach(obj: BpfObject, mode: str, funcs: list[str]) -> str:
+    """Attaches the loaded programs(mode, funcs); returns the header line that names the hooks."""
+    if mode == "fentry":
+        for f in funcs:
+            obj.program(f"fentry_{f}").attach_trace()
+        return "Kernel mode (fentry on " + " ".join(funcs) + ")"
+    if mode == "kprobe":
+        for f in funcs:
+            obj.program(f"kprobe_{f}").attach_kprobe(f)
+        return "Kernel mode (kprobes on " + " ".join(funcs) + ")"
+    m = obj.map("syscall_stats")
+    for name, (stat, kind) in SYSCALLS.items():
+        m.update(_syscalls.number(name), (kind << 8) | (STATS.index(stat) + 1))
+    if mode == "syscall":
+        obj.program("vfsstat_btf").attach_trace()
+    elif mode == "syscall-raw":
+        obj.program("vfsstat_raw").attach_raw_tracepoint("sys_enter")
+    else:
+        tracefs = mounts.tracefs()
+        for name, (_, kind) in SYSCALLS.items():
+            tp = _syscalls.tracepoint(name, tracefs)
+            if tp:
+                prog = "vfsstat_tp" if kind in (K_PLAIN, K_CREAT) else "vfsstat_tp_args"
+                obj.program(prog).attach_tracepoint("syscalls", f"sys_enter_{tp}")
+    hook_name = {"syscall": "tp_btf sys_enter", "syscall-raw": "raw_tp sys_enter",
+                 "syscall-tp": "syscalls:sys_enter_<name> tracepoints"}[mode]
+    return f"Syscall mode ({hook_name} of read/write/fsync/open/creat/unlink/mkdir/rmdir system calls)"
+
+
 def _kernel_funcs(need_btf: bool) -> list[str]:
     """The vfs_* functions this kernel has (in BTF too, for fentry)."""
     present: set[str] = set()
@@ -203,13 +211,3 @@ def _kernel_funcs(need_btf: bool) -> list[str]:
         raise BpfscopeError(f"this kernel has no {', '.join(missing)} to hook"
                             f"{' in its BTF' if need_btf else ''}; try --mode syscall")
     return [f for f in KERNEL_FUNCS if f in present]
-
-
-def _open_cgroup(arg: str) -> int:
-    from ..k8s.cgroups import fs_path, resolve_cgroup_arg
-
-    path = fs_path(resolve_cgroup_arg(arg))
-    try:
-        return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as e:
-        raise UsageError(f"cannot open cgroup {arg!r}: {e.strerror}") from None

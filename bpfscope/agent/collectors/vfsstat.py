@@ -31,7 +31,6 @@ class VfsCollector(Collector):
         self.counters: Any = None
 
     def start(self) -> None:
-        from ...tools import _syscalls
         from ...tools import vfsstat as V
 
         hook = V.HOOKS.choose(self.env.ctx.features, self.opts.mode)
@@ -40,26 +39,9 @@ class VfsCollector(Collector):
         self.obj = obj = open_object(object_path("vfsstat"), needs_tracefs=mode == "kprobe")
         try:
             obj.set_global("filter_cgroup", False)
-            if funcs:
-                obj.only_programs([f"{mode}_{f}" for f in funcs])
-            else:
-                obj.only_programs(["vfsstat_btf" if mode == "syscall" else "vfsstat_raw"])
+            obj.only_programs(V.programs(mode, funcs))
             obj.load()
-            if mode == "fentry":
-                for f in funcs:
-                    obj.program(f"fentry_{f}").attach_trace()
-            elif mode == "kprobe":
-                for f in funcs:
-                    obj.program(f"kprobe_{f}").attach_kprobe(f)
-            else:
-                m = obj.map("syscall_stats")
-                for name, (stat, kind) in V.SYSCALLS.items():
-                    m.update(_syscalls.number(name), (kind << 8) | (V.STATS.index(stat) + 1))
-                prog = obj.program("vfsstat_btf" if mode == "syscall" else "vfsstat_raw")
-                if mode == "syscall":
-                    prog.attach_trace()
-                else:
-                    prog.attach_raw_tracepoint("sys_enter")
+            V.attach(obj, mode, funcs)
         except BaseException:
             self.close()
             raise
