@@ -152,6 +152,29 @@ def _injection_cases() -> list[tuple[str, dict]]:
     return cases
 
 
+def test_polled_run_status_needs_the_token_too(tagent, tc):
+    """GET /runs/{id} of a run that exists (answered by the status fast path): the same token
+    rules, body and headers as the other routes."""
+    run = tc.post("/api/v1/runs", json={"tool": "execsnoop", "options": {"ppid": 1}, "duration": 20}).json()
+    try:
+        path = f"/api/v1/runs/{run['id']}"
+        for auth in (None, "Bearer wrong", f"Basic {tagent.token}", f"Bearer {tagent.token}x", f"Token {tagent.token}"):
+            with httpx.Client(base_url=tagent.url, headers={"Authorization": auth} if auth else {}) as c:
+                r = c.get(path)
+                assert r.status_code == 401, (auth, r.status_code)
+                assert r.headers["www-authenticate"].lower().startswith("bearer")
+        for auth in (f"Bearer {tagent.token}", f"bearer   {tagent.token}"):
+            with httpx.Client(base_url=tagent.url, headers={"Authorization": auth}) as c:
+                r = c.get(path)
+                assert r.status_code == 200 and r.headers["content-type"] == "application/json", auth
+                assert r.json()["id"] == run["id"] and r.json()["tool"] == "execsnoop"
+                assert int(r.headers["content-length"]) == len(r.content)
+                assert c.get(path + "x").status_code == 422
+                assert c.get(path[:-1] + ("0" if path[-1] != "0" else "1")).status_code == 404
+    finally:
+        tc.delete(f"/api/v1/runs/{run['id']}")
+
+
 @pytest.mark.parametrize("body", [b for _, b in _injection_cases()], ids=[i for i, _ in _injection_cases()])
 def test_code_in_any_field_is_422(tc, body):
     r = tc.post("/api/v1/runs", json=body)

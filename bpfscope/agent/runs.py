@@ -106,8 +106,9 @@ class EventBuffer:
         self._tail: list[str] = []  # the newest events, ids _tail_first...
         self._tail_first = 1
         self._next = 1
-        self._cache: dict[int, list[str]] = {}  # a couple of decompressed blocks, by first id
+        self._cache: dict[int, list[str]] = {}  # a few decompressed blocks, by first id
         self._cond = threading.Condition()
+        self._sse: tuple[int, int, bytes] | None = None  # the last SSE chunk made: (after, last id, bytes)
         self.closed = False
 
     def append(self, record: dict[str, Any]) -> None:
@@ -120,14 +121,25 @@ class EventBuffer:
         with self._cond:
             self._tail.append(data)
             self._next += 1
-            if len(self._tail) >= self.block:
-                packed = zlib.compress("\n".join(self._tail).encode(), 1)
-                self._blocks.append((self._tail_first, len(self._tail), packed))
-                self._tail, self._tail_first = [], self._next
-            first = self.first_id
-            while self._blocks and self._blocks[0][0] + self._blocks[0][1] <= first:
-                self._cache.pop(self._blocks.popleft()[0], None)
+            full = len(self._tail) >= self.block
+            if not full:
+                self._drop_old()
+                self._cond.notify_all()
+                return
+            tail, tail_first = self._tail, self._tail_first
+        # Compress without the lock: readers (the web server's event loop among them) never wait
+        # for zlib. One writer (the run's thread) appends, so the tail is still this one after.
+        packed = zlib.compress("\n".join(tail).encode(), 1)
+        with self._cond:
+            self._blocks.append((tail_first, len(tail), packed))
+            self._tail, self._tail_first = self._tail[len(tail):], tail_first + len(tail)
+            self._drop_old()
             self._cond.notify_all()
+
+    def _drop_old(self) -> None:
+        first = self.first_id
+        while self._blocks and self._blocks[0][0] + self._blocks[0][1] <= first:
+            self._cache.pop(self._blocks.popleft()[0], None)
 
     def close(self) -> None:
         with self._cond:
@@ -153,7 +165,7 @@ class EventBuffer:
         events = self._cache.get(first)
         if events is None:
             events = zlib.decompress(packed).decode().split("\n")
-            if len(self._cache) >= 2:
+            if len(self._cache) >= 4:  # readers a little apart share them
                 self._cache.pop(next(iter(self._cache)))
             self._cache[first] = events
         return events
@@ -191,12 +203,52 @@ class EventBuffer:
             items, lost = self.read_raw(after, self.capacity)
         return [(i, json.loads(d)) for i, d in items], lost
 
+    def sse_chunk(self, after: int, limit: int = 1000) -> tuple[bytes, int, int]:
+        """read_raw() as one Server-Sent Events chunk, UTF-8: (chunk, id of its last event, lost).
+        Subscribers that follow a run together read the same ranges: the last chunk made is
+        kept, so it is formatted and encoded once for all of them."""
+        with self._cond:
+            end = min(self._next - 1, max(after, self.first_id - 1) + limit)
+            cached = self._sse
+            if cached is not None and cached[0] == after and cached[1] == end and after >= self.first_id - 1:
+                return cached[2], end, 0
+        items, lost = self.read_raw(after, limit)
+        if not items:
+            return b"", after + lost, lost
+        chunk = "".join([f"id: {j}\nevent: event\ndata: {d}\n\n" for j, d in items]).encode()
+        last = items[-1][0]
+        if not lost:
+            self._sse = (after, last, chunk)
+        return chunk, last, lost
+
     def raw_all(self) -> list[str]:
         items, _ = self.read_raw(0, self.capacity)
         return [d for _, d in items]
 
     def all(self) -> list[dict[str, Any]]:
         return [json.loads(d) for d in self.raw_all()]
+
+
+class PacedRunContext(registry.RunContext):
+    """The RunContext of a run inside the agent. Event tools poll their ring buffer once per
+    running() check; here those checks come at most every `pace` seconds, so the run's thread
+    wakes a few dozen times a second and takes the events in batches (the ring buffer holds
+    them meanwhile), instead of waking, and taking the GIL from the web server, for nearly
+    every event. A stop still ends the wait at once."""
+
+    pace = 0.025
+
+    def __init__(self, duration: float | None = None, features: Any = None):
+        super().__init__(duration, features)
+        self._next_check = 0.0
+
+    def running(self) -> bool:
+        wait = self._next_check - time.monotonic()
+        if wait > 0:
+            rem = self.remaining()
+            self.stop.wait(wait if rem is None else min(wait, rem))
+        self._next_check = time.monotonic() + self.pace
+        return super().running()
 
 
 @dataclass
@@ -310,7 +362,7 @@ class RunManager:
                 duration=float(duration), output=cls.output,
                 events=EventBuffer(self.limits.max_events) if cls.output == "events" else None,
             )
-            run.ctx = registry.RunContext(duration=float(duration))
+            run.ctx = PacedRunContext(duration=float(duration))
             self._runs[run.id] = run
         threading.Thread(target=self._execute, args=(run, cls, opts), name=f"run-{run.id}", daemon=True).start()
         return run
@@ -454,12 +506,14 @@ class RunManager:
                 yield "heartbeat", None, after
 
     async def astream(self, run_id: str, last_id: int = 0, heartbeat: float = 15.0, poll: float = 0.05,
-                      batch: int = 500) -> AsyncIterator[tuple[str, Any, int]]:
+                      batch: int = 500, sse: bool = False) -> AsyncIterator[tuple[str, Any, int]]:
         """stream() for an asyncio server, without blocking the event loop: (kind, data, id) with
-        kind "events" (data: a batch of (id, JSON text)), "lost", "heartbeat" or "end" (JSON text).
+        kind "events" (data: a batch of (id, JSON text), or with sse=True the batch as one
+        ready-to-send SSE chunk, bytes), "lost", "heartbeat" or "end" (JSON text).
 
         Readers poll the buffer (never the other way round), so a slow reader only falls behind
-        and is told how many events it lost; the run thread never waits for anyone.
+        and is told how many events it lost; the run thread never waits for anyone. Readers
+        wake on a common clock tick, so subscribers of one run read (and share) the same batches.
         """
         run = self.get(run_id)
         if run.events is None:
@@ -469,12 +523,17 @@ class RunManager:
         quiet_since = time.monotonic()
         while True:
             closed = buf.closed  # read before the buffer: events appended before close are sent
-            items, lost = buf.read_raw(after, batch)
+            if sse:
+                chunk, last, lost = buf.sse_chunk(after, batch)
+                items = chunk or None
+            else:
+                items, lost = buf.read_raw(after, batch)
+                last = items[-1][0] if items else after + lost
             if lost:
                 after += lost
                 yield "lost", json.dumps({"lost": lost, "resumed_at": after + 1}), after
             if items:
-                after = items[-1][0]
+                after = last
                 yield "events", items, after
             if items or lost:
                 quiet_since = time.monotonic()
@@ -486,7 +545,7 @@ class RunManager:
             if time.monotonic() - quiet_since >= heartbeat:
                 quiet_since = time.monotonic()
                 yield "heartbeat", "{}", after
-            await asyncio.sleep(poll)
+            await asyncio.sleep(poll - time.monotonic() % poll)  # the common tick
 
 
 FORMATS: dict[str, tuple[str, ...]] = {  # result formats per output kind (registry.OUTPUT_KINDS)
