@@ -24,6 +24,7 @@ READY_TIMEOUT = 60.0  # seconds; start-up takes far longer in the kernel-matrix 
 
 RUNNER = r"""
 import subprocess, sys
+print("up", flush=True)  # our own exec is over: moving us now cannot count it in the cgroup
 sys.stdin.readline()  # in its cgroup now
 for _ in range(int(sys.argv[2])):
     subprocess.run([sys.argv[1]], check=True)
@@ -49,7 +50,11 @@ def unique_binary(tmp_path, prefix: str = "bx") -> tuple[str, str]:
 
 def exec_in(cgroup_fs: str | None, exe: str, n: int) -> None:
     """Exec `exe` n times from a process inside cgroup_fs (None: the test's own cgroup)."""
-    p = subprocess.Popen([sys.executable, "-c", RUNNER, exe, str(n)], stdin=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-c", RUNNER, exe, str(n)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    # Popen returns once the child's exec has begun, before the kernel's exec tracepoint: wait
+    # for the runner to be up, or its own exec may land in the cgroup it is moved to
+    assert p.stdout.readline() == "up\n"
     if cgroup_fs:
         with open(os.path.join(cgroup_fs, "cgroup.procs"), "w") as f:
             f.write(str(p.pid))
