@@ -195,6 +195,10 @@ def set_log_sink(sink: Callable[[int, str], None] | None) -> None:
 
 @PrintFn
 def _print_cb(level: int, fmt: bytes, va_list: int) -> int:
+    # libbpf says a hundred DEBUG lines per object load (CO-RE relocations...): without -v they
+    # are dropped unformatted. Failures and the verifier's log come at WARN, and are kept.
+    if level == LIBBPF_DEBUG and _sink is None:
+        return 0
     buf = ctypes.create_string_buffer(1 << 20)  # verifier logs arrive as one long message
     n = libc.vsnprintf(buf, len(buf), fmt, va_list)
     text = buf.value.decode("utf-8", "replace")
