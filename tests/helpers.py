@@ -27,7 +27,7 @@ class ToolProcess:
         e = dict(os.environ, BPFSCOPE_READY_FILE=self.ready_file, PYTHONUNBUFFERED="1", **(env or {}))
         self.args = args
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bpfscope", *args],
+            [sys.executable, "-X", "faulthandler", "-m", "bpfscope", *args],  # SIGABRT: Python stacks
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e, cwd=ROOT,
         )
         self.stdout = ""
@@ -51,7 +51,11 @@ class ToolProcess:
         timeout *= SLOW
         t0 = time.monotonic()
         self.proc.send_signal(sig)
-        out, err = self.proc.communicate(timeout=timeout)
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"bpfscope {' '.join(self.args)} did not exit {timeout:g}s after signal {sig}\n"
+                                 + stuck_report(self.proc)) from None
         took = time.monotonic() - t0
         self.stdout, self.stderr = out.decode(), err.decode()
         if os.path.exists(self.ready_file):
@@ -68,6 +72,44 @@ class ToolProcess:
 
     def json_lines(self) -> list[dict]:
         return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+
+def kernel_stacks(pid: int) -> str:
+    """Each thread's state, wait channel and kernel stack: where a process that does not move is."""
+    out = []
+    try:
+        tids = sorted(os.listdir(f"/proc/{pid}/task"), key=int)
+    except OSError as e:
+        return f"(no /proc/{pid}: {e})"
+    for tid in tids:
+        base = f"/proc/{pid}/task/{tid}"
+        try:
+            stat = Path(f"{base}/stat").read_text()
+            comm, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2]
+            wchan = Path(f"{base}/wchan").read_text()
+            stack = Path(f"{base}/stack").read_text()
+        except OSError as e:
+            out.append(f"thread {tid}: {e}")
+            continue
+        out.append(f"thread {tid} ({comm}) state {state} wchan {wchan}\n{stack}")
+    return "\n".join(out)
+
+
+def stuck_report(proc: subprocess.Popen) -> str:
+    """For a process that hangs: its kernel stacks, then (SIGABRT under -X faulthandler) its
+    Python threads' stacks; the process is gone afterwards."""
+    report = "kernel stacks:\n" + kernel_stacks(proc.pid)
+    proc.send_signal(signal.SIGABRT)
+    try:
+        _, err = proc.communicate(timeout=10 * SLOW)
+        if isinstance(err, bytes):
+            err = err.decode(errors="replace")
+        report += "\nstderr (Python stacks):\n" + (err or "")[-6000:]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        report += "\n(no exit on SIGABRT either: killed)"
+    return report
 
 
 def run_cli(*args: str, timeout: float = 60.0, **kw) -> subprocess.CompletedProcess:

@@ -6,7 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.helpers import ROOT, ToolProcess, build_c
+from tests.helpers import ROOT, ToolProcess, build_c, stuck_report
 
 LATPROG_SRC = ROOT / "tests" / "cprogs" / "latprog.c"
 
@@ -53,7 +53,10 @@ class Child:
         self.proc.stdin.flush()
 
     def finish(self, timeout: float = 120) -> tuple[int, dict[int, int]]:
-        out, _ = self.proc.communicate(timeout=timeout)
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"latprog did not finish in {timeout}s\n" + stuck_report(self.proc)) from None
         assert self.proc.returncode == 0, out
         done = int(re.search(r"^done (\d+)", out, re.M).group(1))
         m = re.search(r"^slots(.*)$", out, re.M)
