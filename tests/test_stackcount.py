@@ -158,6 +158,14 @@ def test_kernel_function_counts_do_nanosleep(mode):
         ("u:c:probe", "USDT"),
         ("a:b:c:d", "bad pattern"),
         ("tcp_*", "wildcards"),
+        # perf events (tests/test_stackcount_events.py)
+        ("sw:no-such-event", "unknown event 'no-such-event'"),
+        ("sw:cycles", "cycles is a hardware event: write hw:cycles"),
+        ("hw:page-faults", "page-faults is a software event"),
+        ("sw:page-faults:0", "bad period '0'"),
+        ("sw:page-faults:x", "bad period 'x'"),
+        ("sw:cpu-clock:1", "the shortest period is"),
+        ("sw:", "expected sw:EVENT[:PERIOD]"),
     ],
 )
 def test_bad_patterns_are_one_clear_line(pattern, needle):
