@@ -165,4 +165,18 @@ static __always_inline void note_task(struct task_struct *task, __u32 pid)
 		__sync_fetch_and_add(&pid_notes_lost, 1);
 }
 
+/* The current task's event, counted where it happened (profile, stackcount): its process,
+ * comm and stacks, then count_sample() and the note that lets user space read its maps. */
+static __always_inline void count_current(void *ctx, __u32 tgid)
+{
+	struct stack_key key = {};
+
+	key.pid = tgid;
+	bpf_get_current_comm(&key.comm, sizeof(key.comm));
+	fill_stacks(ctx, &key);
+	count_sample(ctx, &key);
+	if (!kernel_stacks_only)
+		note_task((struct task_struct *)bpf_get_current_task(), tgid);
+}
+
 #endif /* __BPFSCOPE_STACKS_BPF_H */

@@ -15,7 +15,6 @@ int do_sample(struct bpf_perf_event_data *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32, tid = (__u32)id;
-	struct stack_key key = {};
 
 	if (!include_idle && tid == 0)
 		return 0;
@@ -24,12 +23,7 @@ int do_sample(struct bpf_perf_event_data *ctx)
 	if (!cgroup_allowed())
 		return 0;
 
-	key.pid = tgid;
-	bpf_get_current_comm(&key.comm, sizeof(key.comm));
-	fill_stacks(ctx, &key);
-	count_sample(ctx, &key);
-	if (!kernel_stacks_only)
-		note_task((struct task_struct *)bpf_get_current_task(), tgid);
+	count_current(ctx, tgid);
 	return 0;
 }
 

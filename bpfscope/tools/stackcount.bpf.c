@@ -10,16 +10,9 @@ ID_FILTER(pids) /* -p */
 static __always_inline int record(void *ctx)
 {
 	__u32 tgid = current_tgid();
-	struct stack_key key = {};
 
-	if (!pids_allowed(tgid))
-		return 0;
-	key.pid = tgid;
-	bpf_get_current_comm(&key.comm, sizeof(key.comm));
-	fill_stacks(ctx, &key);
-	count_sample(ctx, &key);
-	if (!kernel_stacks_only)
-		note_task((struct task_struct *)bpf_get_current_task(), tgid);
+	if (pids_allowed(tgid))
+		count_current(ctx, tgid);
 	return 0;
 }
 
