@@ -1,7 +1,8 @@
-"""Perf events by name for perfstat and llcstat (private: not a tool).
+"""Perf events by name for perfstat, llcstat, profile and stackcount (private: not a tool).
 
 - names, aliases and kinds (software count, software clock, hardware) of the events we count;
-- per-CPU perf_event_open with one clear line when an event cannot be opened (no PMU in a VM);
+- per-CPU perf_event_open with one clear line when an event cannot be opened (no PMU in a VM),
+  counting or sampling (open_sampling + attach_all for the stack tools' perf_event programs);
 - derived ratios (IPC, miss rates) from counts, pure functions so they are unit-tested;
 - visit_cpus(): make every CPU switch tasks once, so per-switch accounting is current.
 """
@@ -11,9 +12,13 @@ from __future__ import annotations
 import errno as E
 import os
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from ..bpf import perf
 from ..errors import ToolUnavailable, UsageError
+
+if TYPE_CHECKING:
+    from ..bpf.object import Program
 
 # canonical name -> kind: "sw" (counts of discrete software events), "clock" (ns), "hw" (PMU)
 KINDS: dict[str, str] = {
@@ -159,6 +164,43 @@ def open_on_cpu(event: str, cpu: int, period: int = 0) -> int:
             raise ToolUnavailable(f"cannot count {event}: this CPU's PMU does not provide it "
                                   f"({os.strerror(e.errno)})") from None
         raise ToolUnavailable(f"cannot open {event} on CPU {cpu}: {os.strerror(e.errno)}") from None
+
+
+def open_sampling(event: str, cpus: list[int], freq: int = 0, period: int = 0) -> list[int]:
+    """One sampling perf event per CPU (pid -1: every task on it). Closes what it opened on error."""
+    type_, config = perf.event_spec(event)
+    fds: list[int] = []
+    try:
+        for cpu in cpus:
+            fds.append(perf.perf_event_open(type_, config, cpu=cpu, pid=-1, freq=freq, period=period))
+    except perf.PerfOpenError as e:
+        for fd in fds:
+            os.close(fd)
+        if e.errno == E.EINVAL and freq:
+            raise UsageError(f"-F {freq}: the kernel refuses this sampling rate (kernel.perf_event_max_sample_rate "
+                             f"is {max_sample_rate()})") from None
+        raise
+    return fds
+
+
+def attach_all(prog: Program, fds: list[int]) -> None:
+    """Attach prog to every perf event fd; each link then owns its fd (the rest are closed on error)."""
+    for i, fd in enumerate(fds):
+        try:
+            prog.attach_perf_event(fd)
+        except BaseException:
+            for rest in fds[i + 1 :]:
+                os.close(rest)
+            raise
+
+
+def sample_labels(event: str, period: int, freq: int = 0) -> tuple[str, int]:
+    """(count name, sample period in ns) of stacks sampled on `event`: a clock's samples stand
+    for time (pprof / speedscope show it); a counted event at period 1 is one sample per event,
+    so the counts are the events themselves."""
+    if KINDS.get(event) == "clock":
+        return "samples", period or int(1e9 / freq)
+    return (event if period == 1 else "samples"), 0
 
 
 def visit_cpus(cpus: Iterable[int]) -> int:

@@ -11,24 +11,19 @@ adds an option (page-faults with a period, cache misses...), nothing else change
 
 from __future__ import annotations
 
-import errno
-import os
 from collections.abc import Iterator
 
 from ..bpf import perf
 from ..bpf.features import Features
-from ..bpf.object import Program
 from ..errors import UsageError
 from ..options import CGROUP, DURATION, PIDS, Option, Options
 from ..registry import Hook, HookPlan, RunContext, Tool, register
 from ..results import Notice, Result
 from ..toolkit import object_path, open_object
 from . import _stacks as S
-from ._perfevents import check_period, max_sample_rate
+from ._perfevents import KINDS, attach_all, check_period, max_sample_rate, open_sampling, sample_labels
 
 DEFAULT_HZ = 49
-# events whose period counts nanoseconds (pprof / speedscope show time for them)
-TIME_EVENTS = ("cpu-clock", "task-clock")
 
 
 def sampling_event(opts: Options, features: Features) -> str:
@@ -40,34 +35,6 @@ def sampling_event(opts: Options, features: Features) -> str:
     if opts.get("include_idle") or opts.get("count"):
         return "cpu-clock"
     return "cycles" if features.has("hw_pmu") else "cpu-clock"
-
-
-def open_sampling(event: str, cpus: list[int], freq: int = 0, period: int = 0) -> list[int]:
-    """One sampling perf event per CPU (pid -1: every task on it). Closes what it opened on error."""
-    type_, config = perf.event_spec(event)
-    fds: list[int] = []
-    try:
-        for cpu in cpus:
-            fds.append(perf.perf_event_open(type_, config, cpu=cpu, pid=-1, freq=freq, period=period))
-    except perf.PerfOpenError as e:
-        for fd in fds:
-            os.close(fd)
-        if e.errno == errno.EINVAL and freq:
-            raise UsageError(f"-F {freq}: the kernel refuses this sampling rate (kernel.perf_event_max_sample_rate "
-                             f"is {max_sample_rate()})") from None
-        raise
-    return fds
-
-
-def attach_all(prog: Program, fds: list[int]) -> None:
-    """Attach prog to every perf event fd; each link then owns its fd (the rest are closed on error)."""
-    for i, fd in enumerate(fds):
-        try:
-            prog.attach_perf_event(fd)
-        except BaseException:
-            for rest in fds[i + 1 :]:
-                os.close(rest)
-            raise
 
 
 @register
@@ -127,7 +94,7 @@ class Profile(Tool):
 
             counted = canonical(opts.event)
             require_pmu([counted], "profile")
-            if counted not in TIME_EVENTS and not opts.frequency and not opts.count:
+            if KINDS[counted] != "clock" and not opts.frequency and not opts.count:
                 opts.values["count"] = 1  # a counted event: one sample per event, exact counts
         freq = 0 if opts.count else (opts.frequency or DEFAULT_HZ)
         max_rate = max_sample_rate()
@@ -174,10 +141,9 @@ class Profile(Tool):
                 data = coll.finish()
             finally:
                 coll.close()
-        sample_period = 0
-        if event in TIME_EVENTS:
-            sample_period = period or int(1e9 / freq)
-        countname = event if (counted and counted not in TIME_EVENTS and period == 1) else "samples"
+        countname, sample_period = sample_labels(event, period, freq)
+        if not counted:
+            countname = "samples"
         sc = coll.stackcounts(data, countname=countname, palette="hot", sample_period=sample_period)
         sc.stats.update(event=event, frequency=freq, period=period, cpus=len(cpus))
         yield from coll.results(sc, ctx)
@@ -199,4 +165,4 @@ class Profile(Tool):
                 f"(perf_event mode, {event} on {len(perf.online_cpus())} CPUs){end}")
 
 
-__all__ = ["Profile", "sampling_event", "open_sampling"]
+__all__ = ["Profile", "sampling_event"]

@@ -338,12 +338,9 @@ class Stackcount(Tool):
                 coll.close()
         countname, sample_period = "samples", 0
         if target.kind == "perf":
-            from ._perfevents import KINDS
+            from ._perfevents import sample_labels
 
-            if KINDS[target.name] == "clock":
-                sample_period = target.period  # pprof / speedscope show time
-            elif target.period == 1:
-                countname = target.name  # one sample per event: the counts are the events
+            countname, sample_period = sample_labels(target.name, target.period)
         sc = coll.stackcounts(data, countname=countname, palette="hot", per_pid=bool(opts.perpid),
                               sample_period=sample_period)
         sc.stats.update(probes=nprobes, mode=hook.mode)
@@ -357,7 +354,7 @@ class Stackcount(Tool):
         prog = obj.program(prog_name)
         if hook.mode == "perf_event":
             from ..bpf import perf
-            from .profile import attach_all, open_sampling
+            from ._perfevents import attach_all, open_sampling
 
             cpus = perf.online_cpus()
             try:
