@@ -5,18 +5,21 @@ does both."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Self
+from typing import TYPE_CHECKING, Self
 
 from ..toolkit import object_path, open_object
 
+if TYPE_CHECKING:
+    from ..bpf.object import BpfObject
+
 
 class AttachedObject:
-    obj: Any = None
+    obj: BpfObject | None = None
 
     def open(self) -> Self:
         raise NotImplementedError
 
-    def _open_object(self, name: str, setup: Callable[[Any], None]) -> Any:
+    def _open_object(self, name: str, setup: Callable[[BpfObject], None]) -> BpfObject:
         """Opens tools/NAME.bpf.o and runs setup(obj) on it (load, attach); a failure closes it."""
         self.obj = open_object(object_path(name), needs_tracefs=False)
         try:

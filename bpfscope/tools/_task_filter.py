@@ -5,12 +5,15 @@ the cgroup_filter array after load."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 
+if TYPE_CHECKING:
+    from ..bpf.object import BpfObject
 
-def set_task_filter(obj: Any, pid: int | None, cgroup: str | None) -> int | None:
+
+def set_task_filter(obj: BpfObject, pid: int | None, cgroup: str | None) -> int | None:
     """Before load: the globals. Returns the cgroup's fd (owned by obj), for fill_cgroup_filter."""
     cg_fd = obj.own_fd(open_cgroup(cgroup)) if cgroup else None
     if pid:
@@ -19,7 +22,7 @@ def set_task_filter(obj: Any, pid: int | None, cgroup: str | None) -> int | None
     return cg_fd
 
 
-def fill_cgroup_filter(obj: Any, cg_fd: int | None) -> None:
+def fill_cgroup_filter(obj: BpfObject, cg_fd: int | None) -> None:
     """After load: the cgroup set_task_filter opened."""
     if cg_fd is not None:
         obj.map("cgroup_filter").update(0, cg_fd)

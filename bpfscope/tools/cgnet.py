@@ -60,7 +60,6 @@ class CgnetBpf(AttachedObject):
 
     def __init__(self, max_cgroups: int = 65536):
         self.max_cgroups = max_cgroups
-        self.obj: Any = None
         self.mount = ""
 
     def open(self) -> CgnetBpf:

@@ -30,7 +30,6 @@ class ExecCounts(AttachedObject):
 
     def __init__(self, flt: Any = None):
         self.flt = flt
-        self.obj: Any = None
 
     def open(self) -> ExecCounts:
         self.map = self._open_object("execcount", self._setup).map("exec_counts")
