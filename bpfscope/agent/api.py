@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import hmac
 import json
 import math
 import re
@@ -50,7 +49,7 @@ from .runs import (
     limit_malloc_arenas,
     trim_heap,
 )
-from .security import PAGE_HEADERS, SecurityOptions
+from .security import PAGE_HEADERS, SecurityOptions, bearer_ok
 
 STATIC_DIR = Path(__file__).with_name("static")
 RUN_ID_PATTERN = r"^[0-9]{1,12}-[0-9a-f]{8}$"
@@ -494,7 +493,7 @@ class RunStatusFastPath:
     def __init__(self, app: Any, mgr: RunManager, token: str | None, prefix: str):
         self.app = app
         self.mgr = mgr
-        self.token = token.encode() if token else None
+        self.token = token
         self.prefix = prefix + "/runs/"
         self.run_id = re.compile(RUN_ID_PATTERN[1:-1])
 
@@ -514,14 +513,9 @@ class RunStatusFastPath:
         run_id = scope["path"][len(self.prefix):]
         if len(run_id) > 32 or not self.run_id.fullmatch(run_id):
             return None
-        if self.token is not None:
-            auth = b""
-            for k, v in scope["headers"]:
-                if k == b"authorization":
-                    auth = v
-                    break
-            scheme, _, given = auth.decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token):
+        if self.token:
+            auth = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            if not bearer_ok(auth.decode("latin-1"), self.token):
                 return None  # the route answers 401
         try:
             return json.dumps(_status(self.mgr, self.mgr.get(run_id)), default=str, allow_nan=False).encode()

@@ -12,7 +12,6 @@ needs `Authorization: Bearer <token>`. Later routes (REST API, SSE, web page) go
 
 from __future__ import annotations
 
-import hmac
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,6 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from .config import AgentConfig
 from .metrics import CONTENT_TYPE, Agent
+from .security import bearer_ok
 
 API_PREFIX = "/api/v1"
 
@@ -45,12 +45,7 @@ def create_app(config: AgentConfig, agent: Agent | None = None, api_config: Any 
     app.state.config = config
 
     async def require_token(request: Request) -> None:  # async: no worker thread per request
-        token = config.token
-        if not token:
-            return
-        auth = request.headers.get("authorization", "")
-        scheme, _, given = auth.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        if not bearer_ok(request.headers.get("authorization", ""), config.token):
             raise HTTPException(status_code=401, detail="missing or wrong bearer token",
                                 headers={"WWW-Authenticate": "Bearer"})
 

@@ -128,6 +128,15 @@ def ensure_token_file(path: str | None, out: Any = None) -> bool:
     return True
 
 
+def bearer_ok(authorization: str, token: str | None) -> bool:
+    """Whether an Authorization header value carries the token (always, when none is set):
+    the one check behind every route and the status fast path."""
+    if not token:
+        return True
+    scheme, _, given = authorization.partition(" ")
+    return scheme.lower() == "bearer" and token_matches(given.strip(), token)
+
+
 def token_matches(given: str | bytes, token: str) -> bool:
     """Constant-time comparison of a presented token with the configured one."""
     import hmac
